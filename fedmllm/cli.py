@@ -1,0 +1,158 @@
+"""The ``fedmllm`` command line.
+
+Every experiment subcommand takes ``--config FILE`` (TOML under ``configs/``), ``key=value``
+overrides and ``--out DIR``. User errors print one line and exit 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from fedmllm.errors import UserError
+
+DEFAULT_CONFIGS = {
+    "pretrain": "configs/pretrain.toml",
+    "centralized": "configs/centralized/embedded.toml",
+    "federated": "configs/federated/embedded.toml",
+    "demo": "configs/demo.toml",
+}
+
+
+def _default_out(kind: str) -> str:
+    return f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resume: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--config", help=f"TOML config (default: {DEFAULT_CONFIGS.get(name, 'built-in defaults')})")
+    p.add_argument("--out", help="run directory to create (default: runs/<kind>-<timestamp>)")
+    if resume:
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run in RUN_DIR (same config)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmllm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_experiment(sub, "pretrain", "train the embedded tiny base models on the upstream twins", resume=False)
+    _add_experiment(sub, "centralized", "centralized benchmark grid: models x methods x downstream tasks -> E/F/O")
+    _add_experiment(sub, "federated", "federated simulation (Flower + Ray) with pooled/local baselines")
+    _add_experiment(sub, "demo", "the embedded centralized benchmark + a federated comparison, one report", resume=False)
+    p = sub.add_parser("report", help="rebuild report and plots from run directories (several: side by side)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where a multi-run comparison is written (default: the first run's compare/)")
+    p = sub.add_parser("eval", help="evaluate a model on tasks and print a score table")
+    p.add_argument("--model", default="tiny-llava-ov", help="registry name, hub id or local checkpoint dir")
+    p.add_argument("--tasks", default="synth-scienceqa,synth-okvqa", help="comma-separated task names")
+    p.add_argument("--n", type=int, default=64, help="test samples per task")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory for scores.json (default: runs/eval-<timestamp>)")
+    p.add_argument("--config", help="TOML config for data sources / hub org")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    sub.add_parser("config", help="list every config key with its default and meaning")
+    sub.add_parser("list", help="list registered models, tasks, metrics, methods, strategies, partitioners")
+    return parser
+
+
+def _config(args: argparse.Namespace, kind: Optional[str]):
+    from fedmllm.config import load_config
+
+    path = args.config
+    if path is None and kind in DEFAULT_CONFIGS and Path(DEFAULT_CONFIGS[kind]).is_file():
+        path = DEFAULT_CONFIGS[kind]
+    return load_config(path, args.overrides)
+
+
+def _run_dir_args(args: argparse.Namespace, kind: str) -> tuple[str, bool]:
+    if getattr(args, "resume", None):
+        if args.out and Path(args.out) != Path(args.resume):
+            raise UserError("give either --out or --resume, not both with different directories")
+        return args.resume, True
+    return args.out or _default_out(kind), False
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from fedmllm.pretrain import run_pretrain
+
+    run_pretrain(_config(args, "pretrain"), out=args.out)
+
+
+def cmd_centralized(args: argparse.Namespace) -> None:
+    from simulations.centralized import run_centralized
+
+    out, resume = _run_dir_args(args, "centralized")
+    run_centralized(_config(args, "centralized"), out, resume=resume)
+
+
+def cmd_federated(args: argparse.Namespace) -> None:
+    from simulations.federated import run_federated
+
+    out, resume = _run_dir_args(args, "federated")
+    run_federated(_config(args, "federated"), out, resume=resume)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from simulations.demo import run_demo
+
+    run_demo(_config(args, "demo"), args.out or _default_out("demo"))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from fedmllm.report import build_reports
+
+    for path in build_reports([Path(p) for p in args.run_dirs], out=args.out):
+        print(f"wrote {path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from simulations.evaluate import run_eval
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.n <= 0:
+        raise UserError(f"--n must be > 0, got {args.n}")
+    run_eval(_config(args, None), model=args.model, tasks=tasks, n=args.n, batch_size=args.batch_size,
+             seed=args.seed, out=args.out or _default_out("eval"))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from fedmllm.config import describe
+
+    print(describe())
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from fedmllm.catalog import catalog
+
+    for kind, names in catalog().items():
+        print(f"{kind}: {', '.join(names)}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "pretrain": cmd_pretrain, "centralized": cmd_centralized, "federated": cmd_federated,
+    "demo": cmd_demo, "report": cmd_report, "eval": cmd_eval, "config": cmd_config, "list": cmd_list,
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"fedmllm {args.command}: error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print(f"fedmllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

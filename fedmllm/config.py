@@ -1,0 +1,280 @@
+"""Typed, documented, validated experiment configuration.
+
+A config is a TOML file (see ``configs/``) plus ``key=value`` overrides with dotted keys
+(``train.lr=1e-3``). Every field is documented by its ``help`` metadata; unknown keys, wrong types
+and invalid values raise a one-line `UserError` that names the key and the valid choices. The
+resolved config is saved with every run (``config.toml``) before any compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+import tomli_w
+
+from fedmllm.errors import UserError
+
+SYNTH_DOWNSTREAM = ["synth-scienceqa", "synth-iconqa", "synth-rsvqa", "synth-pathvqa",
+                    "synth-flickr30k", "synth-chd"]
+SYNTH_UPSTREAM = ["synth-okvqa", "synth-gqa", "synth-textvqa", "synth-ocrvqa",
+                  "synth-coco-caption", "synth-mme"]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("tiny-llava-ov", "model registry name (tiny-llava-ov, tiny-vila), hub id or local dir")
+    pretrained: bool = _f(True, "load the shipped/pretrained weights (False: fresh random init)")
+
+
+@dataclass
+class DataConfig:
+    downstream: list = _f(SYNTH_DOWNSTREAM, "downstream (target) tasks")
+    upstream: list = _f(SYNTH_UPSTREAM, "upstream (general-knowledge) tasks used to measure forgetting")
+    train_n: int = _f(512, "training samples per downstream task (0 = all, real datasets only)")
+    test_n: int = _f(128, "test samples per downstream task")
+    upstream_n: int = _f(128, "evaluation samples per upstream task")
+    hub_org: str = _f("lmms-lab", "hub organisation of the lmms-eval datasets (moved to lmms-lab-encoder in 2026)")
+    sources: dict = _f({}, "task -> hub id or local folder overriding the task's default source")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    steps: int = _f(300, "optimizer steps per training run (0: use epochs)")
+    epochs: float = _f(3.0, "epochs over the training data when steps = 0 (paper: 3)")
+    batch_size: int = _f(32, "examples per optimizer step before accumulation (paper: 16)")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimizer step")
+    warmup_ratio: float = _f(0.03, "fraction of steps of linear warm-up before cosine decay")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    precision: str = _f("auto", "auto (bf16 on CUDA, else fp32) | fp32 | bf16", choices=("auto", "fp32", "bf16"))
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _f(32, "generation batch size")
+
+
+@dataclass
+class CentralizedConfig:
+    models: list = _f(["tiny-llava-ov"], "models of the grid")
+    methods: list = _f(["lora"], "tuning methods of the grid")
+
+
+@dataclass
+class FederatedConfig:
+    num_clients: int = _f(8, "number of simulated clients (partitions)")
+    clients_per_round: int = _f(0, "clients sampled per round (0 = all)")
+    rounds: int = _f(10, "federated rounds")
+    local_steps: int = _f(30, "local optimizer steps per client per round")
+    method: str = _f("lora", "tuning method whose state is communicated")
+    strategies: list = _f(["fedavg"], "aggregation strategies to run (one federated run each)")
+    partitioner: str = _f("task_dirichlet", "how the downstream data is split across clients")
+    alpha: float = _f(0.5, "Dirichlet concentration for task/label skew (> 0; small = skewed)")
+    baselines: list = _f(["pooled", "local"], "baselines on identical splits: pooled, local")
+    eval_every: int = _f(1, "evaluate the global model on downstream tests every n rounds")
+    upstream_every: int = _f(2, "evaluate forgetting on the upstream sets every n rounds")
+    upstream_n: int = _f(48, "upstream samples per task for per-round forgetting")
+    save_every: int = _f(5, "save the global adapter every n rounds (and at the end)")
+    max_failure_fraction: float = _f(0.5, "round fails if more than this fraction of clients fail")
+    lr_decay: float = _f(1.0, "multiply the client lr by this each round")
+    backend: str = _f("ray", "ray (Flower simulation) | inprocess (sequential, no Flower)", choices=("ray", "inprocess"))
+
+
+@dataclass
+class PretrainConfig:
+    models: list = _f(["tiny-llava-ov", "tiny-vila"], "embedded models to pretrain")
+    vision_warmup_steps: int = _f(300, "vision-tower-only classification warm-up steps (shape needs it)")
+    vision_warmup_lr: float = _f(3e-3, "learning rate of the vision warm-up")
+    out: str = _f("", "checkpoint root (empty: the package's fedmllm/assets/checkpoints)")
+
+
+@dataclass
+class Config:
+    seed: int = _f(0, "base seed; every client/round seed is derived from it")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    methods: dict = _f({}, "per-method options, e.g. [methods.lora] r = 8; a method table may set lr")
+    strategy_options: dict = _f({}, "per-strategy options, e.g. [strategy_options.fedprox] proximal_mu = 0.01")
+
+
+_POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_size", "data.test_n",
+             "data.upstream_n", "federated.num_clients", "federated.rounds", "federated.local_steps",
+             "federated.alpha", "federated.eval_every", "federated.upstream_every", "federated.save_every"}
+_NON_NEGATIVE = {"train.steps", "train.epochs", "train.weight_decay", "train.max_grad_norm",
+                 "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n"}
+
+
+def _check_type(key: str, value: Any, typ: Any) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything else of the wrong type."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = get_origin(typ) or typ
+    if base is list and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise UserError(f"config key {key!r} must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise UserError(f"unknown config key {full!r}.{hint} Valid keys here: {', '.join(prefix + n for n in names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {full!r} must be a table")
+            kwargs[key] = _build(typ, value, f"{full}.")
+        else:
+            kwargs[key] = _check_type(full, value, typ)
+    obj = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and getattr(obj, f.name) not in choices:
+            raise UserError(f"config key '{prefix}{f.name}' = {getattr(obj, f.name)!r} is invalid; valid: {', '.join(choices)}")
+    return obj
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string such as model.name=tiny-vila
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (TOML values; bare words are strings) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {key!r}: {p!r} is not a table")
+        node[parts[-1]] = _parse_value(raw.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (or defaults), apply overrides, validate, return a `Config`."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p} (configs live under configs/)")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {p} is not valid TOML: {e}") from None
+    data = apply_overrides(data, overrides or [])
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks; raises `UserError` with an actionable message."""
+    flat = to_dict(cfg)
+    for key in _POSITIVE | _NON_NEGATIVE:
+        section, name = key.split(".")
+        value = flat[section][name]
+        if key in _POSITIVE and value <= 0:
+            raise UserError(f"config key {key!r} must be > 0, got {value}")
+        if key in _NON_NEGATIVE and value < 0:
+            raise UserError(f"config key {key!r} must be >= 0, got {value}")
+    if cfg.train.steps == 0 and cfg.train.epochs <= 0:
+        raise UserError("set train.steps > 0 or train.epochs > 0")
+    fed = cfg.federated
+    if fed.clients_per_round > fed.num_clients:
+        raise UserError(f"federated.clients_per_round ({fed.clients_per_round}) exceeds "
+                        f"federated.num_clients ({fed.num_clients})")
+    if not 0 <= fed.max_failure_fraction < 1:
+        raise UserError("federated.max_failure_fraction must be in [0, 1)")
+    for b in fed.baselines:
+        if b not in ("pooled", "local"):
+            raise UserError(f"unknown baseline {b!r}; valid: pooled, local")
+    for name, table in cfg.methods.items():
+        if not isinstance(table, dict):
+            raise UserError(f"[methods.{name}] must be a table of options")
+        if "lr" in table and not (isinstance(table["lr"], (int, float)) and table["lr"] > 0):
+            raise UserError(f"methods.{name}.lr must be > 0, got {table['lr']!r}")
+
+
+def method_options(cfg: Config, method: str) -> tuple[dict, float]:
+    """(options for the method, its learning rate): the ``[methods.<name>]`` table minus ``lr``."""
+    table = dict(cfg.methods.get(method, {}))
+    lr = float(table.pop("lr", cfg.train.lr))
+    return table, lr
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    """The resolved config as TOML (what ``config.toml`` in a run directory holds)."""
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("methods", "sources", "strategy_options"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and k not in ignore)
+
+
+def describe() -> str:
+    """Every config key with its default and help text (``fedmllm config``)."""
+    lines = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            typ = get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(typ):
+                lines.append(f"[{prefix}{f.name}]")
+                walk(typ, f"{prefix}{f.name}.")
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                lines.append(f"  {prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}")
+
+    walk(Config, "")
+    return "\n".join(lines)
+
+
+__all__ = ["Config", "load_config", "apply_overrides", "validate", "dumps", "diff", "describe",
+           "method_options"]

@@ -1,0 +1,35 @@
+"""Loading the tasks of an experiment from its `DataConfig` (sources, hub org, sample counts)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+from fedmllm.data.record import Sample
+from fedmllm.data.registry import TASKS
+
+
+def load_task(name: str, split: str, n: Optional[int], seed: int, data_cfg=None) -> list[Sample]:
+    """``n`` samples of task ``name`` / ``split`` honouring ``data.sources`` and ``data.hub_org``.
+
+    ``n = 0`` or ``None`` loads everything (real datasets only; synthetic twins need a count).
+    """
+    task = TASKS.get(name)
+    options = {}
+    source = None
+    if data_cfg is not None:
+        source = data_cfg.sources.get(name)
+        if "hub_org" in inspect.signature(task.loader).parameters:
+            options["hub_org"] = data_cfg.hub_org
+    return task.load(split=split, n=n or None, seed=seed, source=source, **options)
+
+
+def check_tasks(names: list[str], role: Optional[str] = None) -> None:
+    """Fail early (before any compute) on unknown task names or tasks of the wrong role."""
+    from fedmllm.errors import UserError
+
+    for name in names:
+        task = TASKS.get(name)
+        if role is not None and task.role != role and task.role != "extra":
+            raise UserError(f"task {name!r} is a {task.role} task, expected {role}; "
+                            f"{role} tasks: {', '.join(n for n in TASKS.names() if TASKS.get(n).role == role)}")

@@ -1,0 +1,120 @@
+"""Run directories: created before any compute, never half-overwritten, resumable.
+
+A run directory holds ``config.toml`` (the resolved config), ``meta.json`` (seed, versions, git
+SHA, command), ``metrics.jsonl`` (one JSON object per event), ``results.json``, ``report.md`` and
+``plots/``. Files are written atomically (temp file + rename). A directory that already holds a
+run is only reused with ``resume=True`` and an identical config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from fedmllm.config import Config, diff, dumps, load_config
+from fedmllm.errors import UserError
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def _git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("fedmllm", "torch", "transformers", "peft", "flwr", "datasets", "accelerate"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+@dataclass
+class RunDir:
+    """A run directory on disk."""
+
+    path: Path
+    config: Config
+    resumed: bool = False
+
+    @classmethod
+    def create(cls, out: str | Path, cfg: Config, kind: str, resume: bool = False) -> "RunDir":
+        """Create ``out`` for a new run, or reopen it for ``resume`` (config must match)."""
+        path = Path(out)
+        cfg_file = path / "config.toml"
+        if resume:
+            if not cfg_file.is_file():
+                raise UserError(f"cannot resume {path}: no config.toml there (not a fedmllm run directory)")
+            old = load_config(cfg_file)
+            changed = diff(old, cfg)
+            if changed:
+                raise UserError(f"cannot resume {path}: its config differs in {', '.join(changed)}; "
+                                "use the same config or a new --out")
+            meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
+            if meta.get("kind", kind) != kind:
+                raise UserError(f"cannot resume {path}: it is a {meta.get('kind')!r} run, not {kind!r}")
+            return cls(path, cfg, resumed=True)
+        if path.exists() and any(path.iterdir()):
+            raise UserError(f"run directory {path} already exists and is not empty; "
+                            f"pass --resume {path} to continue it or choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(cfg_file, dumps(cfg))
+        write_json(path / "meta.json", {
+            "kind": kind, "seed": cfg.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
+        })
+        return cls(path, cfg)
+
+    def log(self, event: dict) -> None:
+        """Append one event to ``metrics.jsonl`` (one JSON object per line, flushed)."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(event, default=float) + "\n")
+            f.flush()
+
+    def events(self) -> Iterator[dict]:
+        return read_events(self.path)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.path / name, obj)
+
+
+def read_events(path: str | Path) -> Iterator[dict]:
+    """The events of a run directory's ``metrics.jsonl`` (a torn last line is skipped)."""
+    f = Path(path) / "metrics.jsonl"
+    if not f.is_file():
+        return iter(())
+    events = []
+    for line in f.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a run killed mid-write leaves at most one torn line
+    return iter(events)
