@@ -89,7 +89,9 @@ class FederatedConfig:
     save_every: int = _f(5, "save the global adapter every n rounds (and at the end)")
     max_failure_fraction: float = _f(0.5, "round fails if more than this fraction of clients fail")
     lr_decay: float = _f(1.0, "multiply the client lr by this each round")
-    backend: str = _f("ray", "ray (Flower simulation) | inprocess (sequential, no Flower)", choices=("ray", "inprocess"))
+    fail_clients: list = _f([], "fault injection: partition ids whose training raises every round")
+    num_cpus_per_client: float = _f(1.0, "Ray CPUs per simulated client (actors = cores / this)")
+    object_store_mb: int = _f(256, "Ray object store cap in MB")
 
 
 @dataclass

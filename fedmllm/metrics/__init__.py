@@ -10,7 +10,7 @@ from fedmllm.metrics.base import METRICS, ComputeFn, Metric, register_metric
 from fedmllm.metrics.normalize import check_aligned, normalize_answer, tokenize_caption
 
 # Importing a metric module registers its metric (one file, one registration).
-from fedmllm.metrics import cider_d, exact_match, mme, option_letter, vqa_accuracy  # noqa: E402,I001
+from fedmllm.metrics import cider_d, exact_match, mme, option_letter, vqa_accuracy  # noqa: F401
 from fedmllm.metrics.cider_d import cider_d as cider_d_corpus
 from fedmllm.metrics.efo import efo as compute_efo, forgetting, specialization
 from fedmllm.metrics.exact_match import exact_match_score

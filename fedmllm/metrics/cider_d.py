@@ -2,9 +2,10 @@
 
 For candidate c_i of image i with references S_i = {s_i1..s_im}, and n-gram order n = 1..4:
 
-    g_k(s)      = h_k(s) * log(N / df_k)      tf-idf of n-gram k; h_k = raw count in s, N = number
-                                              of images in the evaluated set, df_k = number of images
-                                              whose references contain k (0 -> 1, unseen n-grams)
+    g_k(s)      = h_k(s) * log(N / df_k)      tf-idf of n-gram k; h_k = raw count in s,
+                                              N = number of images in the evaluated set,
+                                              df_k = number of images whose references
+                                              contain k (0 -> 1 for unseen n-grams)
     CIDEr-D_n   = 10/m * sum_j exp(-(l(c) - l(s_ij))^2 / (2 sigma^2))
                           * sum_k min(g_k(c), g_k(s_ij)) * g_k(s_ij) / (||g(c)|| ||g(s_ij)||)
     CIDEr-D     = mean over n of CIDEr-D_n,     sigma = 6, l = length in tokens

@@ -30,7 +30,8 @@ def forgetting(tuned_up: dict[str, float], base_up: dict[str, float]) -> float:
         only_tuned = sorted(set(tuned_up) - set(base_up))
         only_base = sorted(set(base_up) - set(tuned_up))
         raise ValueError(
-            f"forgetting: upstream tasks differ; only in tuned: {only_tuned}, only in base: {only_base}"
+            f"forgetting: upstream tasks differ; only in tuned: {only_tuned}, "
+            f"only in base: {only_base}"
         )
     if not tuned_up:
         raise ValueError("forgetting: no upstream tasks to average over")

@@ -1,4 +1,4 @@
-"""VQA accuracy (Antol et al. 2015; official ``vqaEval.py``) for 10-answer VQA sets (OKVQA, TextVQA).
+"""VQA accuracy (Antol et al. 2015; official ``vqaEval.py``) for 10-answer sets (OKVQA, TextVQA).
 
 For a prediction and k references, every leave-one-out subset of k-1 references scores
 min(1, #matches / 3); the accuracy is the mean over the k subsets. With m of 10 annotators

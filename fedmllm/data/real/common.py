@@ -13,7 +13,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,7 @@ TRAIN_PERCENT = 80
 HUB_OPTIONS = ("cache_dir", "revision")
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+T = TypeVar("T")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -78,7 +79,10 @@ def load_table(task: str, source: str, split: str, config: Optional[str] = None,
 
     where = f"{source!r} (split {split!r}{f', config {config!r}' if config else ''})"
     if is_local(source):
-        local_folder(task, source, f"data/{split}-*.parquet files")
+        # datasets would read any text file as a "text" dataset: insist on parquet files.
+        if not any(local_folder(task, source, "parquet files").rglob("*.parquet")):
+            raise UserError(f"{task}: folder {source!r} has none of the expected files: put the "
+                            f"dataset's parquet files there as data/{split}-*.parquet")
     try:
         return datasets.load_dataset(source, config, split=split, **hub_options)
     except datasets.data_files.EmptyDatasetError:
@@ -125,16 +129,21 @@ def carve(task: str, ids: Sequence[Any], split: str, enabled: bool = True) -> li
     return [i for i, sid in enumerate(ids) if in_train(sid) == want]
 
 
-def subsample(indices: Iterable[int], n: Optional[int], seed: int) -> list[int]:
+def check_n(n: Optional[int]) -> None:
+    """``n`` is None (all) or a non-negative int."""
+    if n is not None and (not isinstance(n, int) or n < 0):
+        raise UserError(f"n must be a non-negative integer or None (all), got {n!r}")
+
+
+def subsample(indices: Iterable[T], n: Optional[int], seed: int) -> list[T]:
     """All ``indices`` in source order (n=None), or the first ``n`` of a seeded permutation.
 
     An ``n`` above the number available returns them all (shuffled).
     """
+    check_n(n)
     indices = list(indices)
     if n is None:
         return indices
-    if n < 0:
-        raise UserError(f"n must be >= 0 or None, got {n}")
     perm = np.random.default_rng(seed).permutation(len(indices))
     return [indices[int(i)] for i in perm[:n]]
 

@@ -1,0 +1,21 @@
+"""Every registry's names in one place (``fedmllm list``)."""
+
+from __future__ import annotations
+
+
+def catalog() -> dict[str, list[str]]:
+    from fedmllm.data.partition import PARTITIONERS
+    from fedmllm.data.registry import TASKS
+    from fedmllm.methods import METHODS
+    from fedmllm.metrics import METRICS
+    from fedmllm.models import MODELS
+
+    out = {"models": MODELS.names(), "tasks": TASKS.names(), "metrics": METRICS.names(),
+           "methods": METHODS.names(), "partitioners": PARTITIONERS.names()}
+    try:
+        from server.strategies import STRATEGIES
+
+        out["strategies"] = STRATEGIES.names()
+    except ImportError:  # Flower not installed: the library still works centrally
+        pass
+    return out

@@ -1,0 +1,89 @@
+"""synth-mme: paired yes/no perception questions (twin of MME).
+
+MME asks two yes/no questions per image, one answered "yes" and one "no", scored per category by
+accuracy and acc+ (both questions of an image right). The twin's categories are existence, count,
+position and color. Samples ``2k`` and ``2k+1`` share one image and the pair id ``meta["pair"]``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from PIL import Image
+
+from fedmllm.data.record import Sample, Task
+from fedmllm.data.registry import register_task
+from fedmllm.data.synth.base import Item, check_request, expand, pick_other, stable_rng, to_sample
+from fedmllm.data.synth.draw import COLORS, SHAPES, SIDES, shape_scene, two_objects
+
+NAME = "synth-mme"
+CATEGORIES = ("existence", "count", "position", "color")
+TEMPLATES = {
+    "existence": "is there a {shape} in the image?",
+    "count1": "is there only one shape in the image?",
+    "count2": "are there two shapes in the image?",
+    "position": "is the {shape} on the {side}?",
+    "color": "is the shape {color}?",
+}
+VOCAB = [text for t in TEMPLATES.values()
+         for text in expand(t, shape=SHAPES, side=SIDES, color=list(COLORS))] + ["yes no"]
+
+
+def build_pair(rng: random.Random) -> tuple[str, Image.Image, str, str]:
+    """(category, image, yes-question, no-question) for one image."""
+    category = rng.choice(CATEGORIES)
+    if category == "existence":
+        objects = two_objects(rng)[: rng.randint(1, 2)]
+        present = [s for _, s, _ in objects]
+        shape_yes, shape_no = rng.choice(present), rng.choice([s for s in SHAPES if s not in present])
+        q_yes, q_no = (TEMPLATES["existence"].format(shape=s) for s in (shape_yes, shape_no))
+    elif category == "count":
+        objects = two_objects(rng)
+        if rng.random() < 0.5:
+            objects = [(objects[0][0], objects[0][1], "centre")]
+        q_yes, q_no = TEMPLATES["count1"], TEMPLATES["count2"]
+        if len(objects) == 2:
+            q_yes, q_no = q_no, q_yes
+    elif category == "position":
+        objects = two_objects(rng)
+        _, shape, side = rng.choice(objects)
+        q_yes = TEMPLATES["position"].format(shape=shape, side=side)
+        q_no = TEMPLATES["position"].format(shape=shape, side=pick_other(rng, SIDES, side))
+    else:
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        objects = [(color, shape, "centre")]
+        q_yes = TEMPLATES["color"].format(color=color)
+        q_no = TEMPLATES["color"].format(color=pick_other(rng, list(COLORS), color))
+    return category, shape_scene(rng, objects), q_yes, q_no
+
+
+def make_item(split: str, seed: int, i: int) -> Item:
+    """Sample ``i``: question ``i % 2`` of image pair ``i // 2`` (yes/no order drawn per pair)."""
+    pair = f"{NAME}/{split}/{seed}/pair{i // 2}"
+    rng = stable_rng(NAME, split, seed, "pair", i // 2)
+    category, image, q_yes, q_no = build_pair(rng)
+    yes_first = rng.random() < 0.5
+    is_yes = (i % 2 == 0) == yes_first
+    answer = "yes" if is_yes else "no"
+    # Both samples of a pair redraw the image from the pair's rng: same pixels, separate objects.
+    return Item(image=image, question=q_yes if is_yes else q_no, answers=[answer],
+                qtype=category, label=answer, meta={"category": category, "pair": pair})
+
+
+def load(split: str = "test", n: Optional[int] = None, seed: int = 0,
+         source: Optional[str] = None, **options: object) -> list[Sample]:
+    """Generate ``n`` samples of synth-mme (pairs of consecutive samples share an image)."""
+    count = check_request(NAME, n, source, options)
+    return [to_sample(NAME, split, seed, i, make_item(split, seed, i)) for i in range(count)]
+
+
+TASK = register_task(Task(
+    name=NAME,
+    role="upstream",
+    metric="mme",
+    loader=load,
+    description="Synthetic MME: existence/count/position/color yes-no pairs per image.",
+    max_new_tokens=4,
+    twin_of="mme",
+))

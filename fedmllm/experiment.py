@@ -1,0 +1,82 @@
+"""Pieces shared by the centralized benchmark, the federated simulation and the demo.
+
+The data of one experiment (training pools, downstream test sets, upstream sets), seed derivation,
+scoring a model on them, and the pre-compute validation of models and methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch.nn as nn
+
+from fedmllm.config import Config, method_options
+from fedmllm.data.record import Sample
+from fedmllm.data.suite import check_tasks, load_task
+from fedmllm.errors import UserError
+
+TEST_SEED_OFFSET = 1  # test sets are drawn with seed + 1 so they never overlap training draws
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A stable 31-bit seed from the base seed and any labels (run, client, round, ...)."""
+    digest = hashlib.sha256(repr((base,) + parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class ExperimentData:
+    """Training pools and test sets of one experiment, loaded once."""
+
+    train: dict[str, list[Sample]] = field(default_factory=dict)
+    test: dict[str, list[Sample]] = field(default_factory=dict)
+    upstream: dict[str, list[Sample]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cfg: Config, upstream_n: Optional[int] = None,
+             parts: tuple[str, ...] = ("train", "test", "upstream")) -> "ExperimentData":
+        """Load the requested parts: downstream ``train`` pools, downstream ``test`` sets and the
+        ``upstream`` evaluation sets (test sets use seed + 1)."""
+        d = cfg.data
+        test_seed = cfg.seed + TEST_SEED_OFFSET
+        return cls(
+            train={t: load_task(t, "train", d.train_n, cfg.seed, d) for t in d.downstream} if "train" in parts else {},
+            test={t: load_task(t, "test", d.test_n, test_seed, d) for t in d.downstream} if "test" in parts else {},
+            upstream={t: load_task(t, "test", upstream_n or d.upstream_n, test_seed, d) for t in d.upstream}
+            if "upstream" in parts else {},
+        )
+
+
+def check_data(cfg: Config) -> None:
+    """Unknown task names or roles fail before any compute."""
+    if not cfg.data.downstream:
+        raise UserError("data.downstream is empty: name at least one downstream task")
+    check_tasks(cfg.data.downstream, "downstream")
+    check_tasks(cfg.data.upstream, "upstream")
+
+
+def check_methods(model: nn.Module, cfg: Config, methods: list[str]) -> None:
+    """Every method exists and its options fit the model (e.g. top_layers k ≤ layers), checked
+    on a throwaway copy before any compute."""
+    from fedmllm.methods import apply_method
+
+    for name in methods:
+        options, _ = method_options(cfg, name)
+        apply_method(copy.deepcopy(model), name, options)
+
+
+def fresh_copy(bundle) -> nn.Module:
+    """A trainable copy of the base model (deep copy; the base stays untouched)."""
+    return copy.deepcopy(bundle.model)
+
+
+def score(model: nn.Module, processor, sets: dict[str, list[Sample]], batch_size: int) -> dict[str, float]:
+    """Score ``model`` on several task sets; returns task → score (percent)."""
+    from fedmllm.eval import evaluate
+
+    if not sets:
+        return {}
+    return {t: float(s.score) for t, s in evaluate(model, processor, sets, batch_size=batch_size).items()}

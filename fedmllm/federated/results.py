@@ -1,0 +1,55 @@
+"""Results of federated systems (strategies and baselines) in the benchmark's E / F / O terms.
+
+For one global model evaluated on every downstream test set d and every upstream set u:
+E_d = S(global, d) − S(base, d); F = mean_u S(global, u) − S(base, u) (the same F for every d,
+since one model serves all tasks); O_d = E_d + F. A system's summary is the mean over d.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from fedmllm.runs import RunDir
+
+
+def system_result(system: str, kind: str, model: str, scores: dict, zero: dict) -> dict:
+    """Per-task and mean E, F, O of one system from its scores and the base's zero-shot scores."""
+    down, up = scores["downstream"], scores["upstream"]
+    f = sum(up[u] - zero["upstream"][u] for u in up) / len(up) if up else 0.0
+    per_task = {}
+    for t, s in down.items():
+        e = s - zero["downstream"][t]
+        per_task[t] = {"score": s, "E": e, "F": f, "O": e + f}
+    n = len(per_task)
+    return {
+        "system": system, "kind": kind, "model": model, "downstream": down, "upstream": up,
+        "per_task": per_task, "E": sum(v["E"] for v in per_task.values()) / n, "F": f,
+        "O": sum(v["O"] for v in per_task.values()) / n,
+        "downstream_mean": sum(down.values()) / n,
+    }
+
+
+def weight_divergence(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
+    """‖w − w_ref‖ / ‖w_ref‖ over the communicated state (FIELD_NOTES: divergence from pooled)."""
+    num = sum(float(((state[k].float() - reference[k].float()) ** 2).sum()) for k in reference)
+    den = sum(float((reference[k].float() ** 2).sum()) for k in reference)
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+def write_results(run: RunDir, zero: dict, systems: list[dict]) -> dict:
+    """``results.json`` (and ``results.csv``) of a federated run, then the report."""
+    from fedmllm.report import build_report
+    from fedmllm.runs import atomic_write
+
+    results = {"kind": "federated", "zero_shot": zero["full"], "systems": systems}
+    run.write_json("results.json", results)
+    tasks = list(zero["full"]["downstream"])
+    lines = ["system,kind," + ",".join(f"{t},E_{t}" for t in tasks) + ",F,mean_E,mean_O"]
+    for s in systems:
+        cells = ",".join(f"{s['per_task'][t]['score']:.2f},{s['per_task'][t]['E']:.2f}" for t in tasks)
+        lines.append(f"{s['system']},{s['kind']},{cells},{s['F']:.2f},{s['E']:.2f},{s['O']:.2f}")
+    atomic_write(run.path / "results.csv", "\n".join(lines) + "\n")
+    build_report(run.path)
+    return results

@@ -1,0 +1,53 @@
+"""The fedmllm ServerApp (Flower Message API): thin glue over `server.orchestrate`.
+
+``fedmllm federated`` builds the app with the experiment's config and run directory
+(`make_server_app`) and runs it on Flower's Ray simulation backend. ``flwr run .`` loads the
+module-level ``app``, which reads ``config`` (a TOML path), ``out`` and ``overrides`` from the run
+config (``[tool.flwr.app.config]`` in pyproject.toml or ``--run-config``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmllm.config import Config, load_config
+
+
+def _from_run_config(run_config: dict) -> tuple[Config, Path]:
+    from fedmllm.runs import RunDir
+
+    path = str(run_config.get("config", "configs/federated/embedded.toml"))
+    overrides = str(run_config.get("overrides", "")).split()
+    cfg = load_config(path, overrides)
+    out = Path(str(run_config.get("out", "")) or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    resume = (out / "config.toml").is_file()
+    return cfg, RunDir.create(out, cfg, "federated", resume=resume).path
+
+
+def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None,
+                    errors: Optional[list] = None) -> ServerApp:
+    """A ServerApp running one experiment; ``errors`` collects an exception for the caller
+    (Flower's simulation logs ServerApp exceptions instead of raising them)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from server.orchestrate import run_experiment
+
+        c, out = (cfg, run_dir) if cfg is not None else _from_run_config(dict(context.run_config))
+        try:
+            run_experiment(grid, c, out)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, re-raised there
+            if errors is None:
+                raise
+            errors.append(e)
+
+    return app
+
+
+app = make_server_app()

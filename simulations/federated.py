@@ -1,0 +1,84 @@
+"""``fedmllm federated``: the Flower ServerApp and ClientApp on Flower's Ray simulation backend.
+
+One Ray actor per CPU (``federated.num_cpus_per_client``), one torch thread per actor, the Ray
+object store capped, Ray's temp files under the system temp dir. All strategies and baselines of
+the config run inside one simulation (Ray starts once).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from fedmllm.config import Config, method_options
+from fedmllm.errors import UserError
+from fedmllm.experiment import check_data, check_methods
+from fedmllm.runs import RunDir
+
+
+def check_federated(cfg: Config) -> None:
+    """Everything that can be wrong with a federated config, before any compute."""
+    from fedmllm.data.partition import PARTITIONERS
+    from fedmllm.methods import METHODS
+    from fedmllm.models import build_model
+    from server.strategies import STRATEGIES, build_strategy
+
+    fed = cfg.federated
+    check_data(cfg)
+    PARTITIONERS.get(fed.partitioner)
+    if fed.alpha <= 0:
+        raise UserError(f"federated.alpha must be > 0 (Dirichlet concentration), got {fed.alpha}")
+    method = METHODS.get(fed.method)
+    if not fed.strategies:
+        raise UserError(f"federated.strategies is empty; valid: {', '.join(STRATEGIES.names())}")
+    for name in fed.strategies:
+        build_strategy(name, dict(cfg.strategy_options.get(name, {})))
+        if not method.averageable and not STRATEGIES.get(name).handles_non_averageable:
+            raise UserError(f"strategy {name!r} cannot aggregate the state of method {fed.method!r} "
+                            "(its state is not averageable); choose another method or strategy")
+    bad = [c for c in fed.fail_clients if not 0 <= int(c) < fed.num_clients]
+    if bad:
+        raise UserError(f"federated.fail_clients {bad} are not partition ids 0..{fed.num_clients - 1}")
+    method_options(cfg, fed.method)
+    bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
+    check_methods(bundle.model, cfg, [fed.method])
+
+
+def backend_config(cfg: Config) -> dict:
+    fed = cfg.federated
+    temp = Path(tempfile.gettempdir()) / f"fedmllm_ray_{os.getuid()}"
+    return {
+        "client_resources": {"num_cpus": fed.num_cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "object_store_memory": fed.object_store_mb * 1024 * 1024,
+            "_temp_dir": str(temp),
+            "include_dashboard": False,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+        },
+    }
+
+
+def run_federated(cfg: Config, out: str, resume: bool = False) -> Path:
+    """Validate, create (or resume) the run directory, run the simulation, return the run dir."""
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    check_federated(cfg)
+    run = RunDir.create(out, cfg, "federated", resume=resume)
+    os.environ.setdefault("FLWR_HOME", str(Path(tempfile.gettempdir()) / f"fedmllm_flwr_{os.getuid()}"))
+    errors: list[BaseException] = []
+    run_simulation(server_app=make_server_app(cfg, run.path.resolve(), errors), client_app=client_app,
+                   num_supernodes=cfg.federated.num_clients, backend_config=backend_config(cfg))
+    if errors:
+        err = errors[0]
+        if isinstance(err, UserError):
+            raise err
+        raise RuntimeError(f"federated run failed: {err}") from err
+    if not (run.path / "results.json").is_file():
+        raise RuntimeError(f"federated run ended without results; see the log above and {run.path}/metrics.jsonl")
+    print(f"report: {run.path / 'report.md'}", flush=True)
+    return run.path
