@@ -86,7 +86,7 @@ def vision_warmup(model: nn.Module, processor, samples: list[Sample], steps: int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return {"steps": steps, "heads": len(heads), "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None}
 

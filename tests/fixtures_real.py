@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from datasets import Dataset, Image as ImageFeature
 from PIL import Image
@@ -35,14 +35,14 @@ def pixel(sample: Any) -> tuple[int, int, int]:
     return img.getpixel((0, 0))
 
 
-def write_parquet(root: Path, split: str, columns: dict[str, list], images: tuple[str, ...] = ("image",),
-                  subdir: str = "data", stem: Optional[str] = None) -> Path:
-    """Write ``columns`` as ``root/subdir/{stem or split}-00000-of-00001.parquet``; ``images``
+def write_parquet(root: Path, split: str, columns: dict[str, list],
+                  images: tuple[str, ...] = ("image",), subdir: str = "data") -> Path:
+    """Write ``columns`` as ``root/subdir/{split}-00000-of-00001.parquet``; the ``images``
     columns get datasets' Image feature (as hub parquet files have)."""
     table = Dataset.from_dict(columns)
     for col in images:
         table = table.cast_column(col, ImageFeature())
-    path = root / subdir / f"{stem or split}-00000-of-00001.parquet"
+    path = root / subdir / f"{split}-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(str(path))
     return root
@@ -77,7 +77,8 @@ ICONQA_IDS = ["3", "4", "5", "6", "7", "8"]  # sha1 carving: 3-6 train, 7-8 test
 
 def write_iconqa(root: Path) -> Path:
     """lmms-lab/ICON-QA: split val, 6 questions; "5" is choose_img (skipped by the loader)."""
-    types = ["choose_txt", "fill_in_blank", "choose_img", "choose_txt", "choose_txt", "fill_in_blank"]
+    types = ["choose_txt", "fill_in_blank", "choose_img", "choose_txt", "choose_txt",
+             "fill_in_blank"]
     return write_parquet(root, "val", {
         "question_id": ICONQA_IDS,
         "question": [f"icon question {q}?" for q in ICONQA_IDS],
@@ -88,7 +89,9 @@ def write_iconqa(root: Path) -> Path:
         "label": ["shape"] * 6,
         "query_image": [image(int(q), "P") for q in ICONQA_IDS],
         "choice_image_0": [image(9) if t == "choose_img" else None for t in types],
-    }, images=("query_image", "choice_image_0"))
+        "choice_image_1": [image(10) if t == "choose_img" else None for t in types],
+        "skills": ["counting"] * 6,
+    }, images=("query_image", "choice_image_0", "choice_image_1"))
 
 
 def write_pathvqa(root: Path) -> Path:
@@ -116,7 +119,7 @@ def write_flickr30k(root: Path) -> Path:
     })
 
 
-OKVQA_IDS = [3, 4, 5, 6, 7, 8]  # ints, as in the source; 3-6 train, 7-8 test
+OKVQA_IDS = ["3", "4", "5", "6", "7", "8"]  # 3-6 train, 7-8 test
 
 
 def ten_answers(k: int) -> list[str]:
@@ -130,7 +133,7 @@ def write_okvqa(root: Path) -> Path:
         "question_id": OKVQA_IDS,
         "question": [f"ok question {q}?" for q in OKVQA_IDS],
         "answers": [ten_answers(q) for q in OKVQA_IDS],
-        "image": [image(q) for q in OKVQA_IDS],
+        "image": [image(int(q)) for q in OKVQA_IDS],
         "question_type": ["eight"] * 6,
         "answer_type": ["other"] * 6,
     })

@@ -60,7 +60,8 @@ def check_common(samples, task, split):
 
 
 def check_carving(task, root, all_ids, carve_key=lambda i: i, **kw):
-    train, test = load(task, "train", source=str(root), **kw), load(task, "test", source=str(root), **kw)
+    train = load(task, "train", source=str(root), **kw)
+    test = load(task, "test", source=str(root), **kw)
     check_common(train, task, "train")
     check_common(test, task, "test")
     assert ids(train) == [i for i in all_ids if train_by_rule(carve_key(i))]
@@ -124,7 +125,8 @@ def test_rsvqa_reads_the_json_release(tmp_path):
 
 def test_pathvqa(tmp_path):
     root = fx.write_pathvqa(tmp_path)
-    train, test = load("pathvqa", "train", source=str(root)), load("pathvqa", "test", source=str(root))
+    train = load("pathvqa", "train", source=str(root))
+    test = load("pathvqa", "test", source=str(root))
     check_common(train, "pathvqa", "train")
     check_common(test, "pathvqa", "test")
     assert [s.answers[0] for s in train] == ["tissue 0", "yes", "tissue 2"]
@@ -136,7 +138,8 @@ def test_pathvqa(tmp_path):
 def test_flickr30k_carving_and_captions(tmp_path):
     root = fx.write_flickr30k(tmp_path)
     train, test = check_carving("flickr30k", root, fx.FLICKR_IDS)
-    assert len(train[0].answers) == 5 and train[0].answers[4] == f"caption 4 of image {ids(train)[0]}"
+    assert len(train[0].answers) == 5
+    assert train[0].answers[4] == f"caption 4 of image {ids(train)[0]}"
     assert train[0].question == common.CAPTION_PROMPT
     assert fx.pixel(test[0]) == fx.color(int(ids(test)[0]))
     again = load("flickr30k", "train", source=str(root))
@@ -145,7 +148,7 @@ def test_flickr30k_carving_and_captions(tmp_path):
 
 def test_okvqa_ten_answers(tmp_path):
     root = fx.write_okvqa(tmp_path)
-    train, test = check_carving("okvqa", root, [str(q) for q in fx.OKVQA_IDS])
+    train, test = check_carving("okvqa", root, fx.OKVQA_IDS)
     s = test[0]
     assert len(s.answers) == 10 and s.label == f"answer {ids(test)[0]}"
     assert s.meta["qtype"] == "eight" and fx.pixel(s) == fx.color(int(ids(test)[0]))
@@ -206,7 +209,8 @@ def test_mme_keeps_pairs_together(tmp_path):
     three = load("mme", "train", source=str(root), n=3, seed=5)
     pairs = [s.meta["pair"] for s in three]
     assert len(three) == 3 and pairs[0] == pairs[1] != pairs[2]  # whole pairs first
-    assert [s.uid for s in load("mme", "train", source=str(root), n=3, seed=5)] == [s.uid for s in three]
+    again = load("mme", "train", source=str(root), n=3, seed=5)
+    assert [s.uid for s in again] == [s.uid for s in three]
     assert len(load("mme", "test", source=str(root), carve=False)) == 8
 
 
@@ -238,6 +242,7 @@ def test_chd_parquet(tmp_path):
     check_common(test, "chd", "test")
     assert ids(test) == ["patient4", "patient5"]
     assert test[0].question == "Which defect does echo 4 show?" and test[1].answers == ["asd"]
+    assert load("chd", "test", source=str(root), question="Q?")[0].question == "Q?"
 
 
 def test_n_subsampling_is_seeded_and_deterministic(tmp_path):
@@ -250,6 +255,14 @@ def test_n_subsampling_is_seeded_and_deterministic(tmp_path):
     assert sorted(ids(load("textvqa", "test", source=str(root), n=99, seed=7))) == sorted(full)
     with pytest.raises(UserError, match="non-negative"):
         load("textvqa", "test", source=str(root), n=-1)
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    rgba.putpixel((0, 0), (10, 20, 30, 255))
+    out = common.to_rgb(rgba, "t", "here")
+    assert out.mode == "RGB" and out.getpixel((1, 1)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (10, 20, 30)
 
 
 def test_hub_org_is_configurable(monkeypatch):
@@ -305,7 +318,8 @@ def test_corrupt_image_file_is_named(tmp_path):
 
 def test_missing_column_names_it_and_the_columns_found(tmp_path):
     fx.write_parquet(tmp_path, "test", {"image": [fx.image(0)], "question": ["q?"]})
-    with pytest.raises(UserError, match=r"lacks required column\(s\) answer \(columns found: image, question\)"):
+    found = r"lacks required column\(s\) answer \(columns found: image, question\)"
+    with pytest.raises(UserError, match=found):
         load("pathvqa", source=str(tmp_path))
 
 

@@ -104,3 +104,10 @@ def encode_generate(processor: ProcessorMixin, samples: list[Sample]) -> dict[st
                     add_special_tokens=_add_special_tokens(processor, prompts[0]),
                     return_tensors="pt")
     return dict(enc)
+
+
+def to_model(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """``batch`` on ``model``'s device; floating tensors (pixel values) also in its dtype."""
+    param = next(model.parameters())
+    return {k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

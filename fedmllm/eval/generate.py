@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from fedmllm.data.collate import encode_generate
+from fedmllm.data.collate import chat_prompt, encode_generate, to_model
 from fedmllm.data.record import Sample
 
 
@@ -29,36 +29,37 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
 
     Left-padded batches of ``batch_size`` go through ``model.generate`` (KV cache, no sampling)
     under ``torch.inference_mode`` in eval mode; the model's train/eval mode is restored after.
+    Samples are batched in order of prompt length (less padding, similar answer lengths per
+    batch); the answers come back in the order of ``samples``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
     ids = _generation_ids(model, processor)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    out: list[str] = []
+    order = _by_prompt_length(processor, samples) if batch_size > 1 else list(range(len(samples)))
+    out: list[str] = [""] * len(samples)
     try:
         with torch.inference_mode():
             for start in range(0, len(samples), batch_size):
-                batch = encode_generate(processor, samples[start: start + batch_size])
-                batch = {k: _to(v, device, dtype) for k, v in batch.items()}
+                idx = order[start: start + batch_size]
+                batch = encode_generate(processor, [samples[i] for i in idx])
+                batch = to_model(batch, model)
                 generated = model.generate(
                     **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                     use_cache=True, temperature=None, top_p=None, top_k=None, **ids,
                 )
                 new = generated[:, batch["input_ids"].shape[1]:]
                 texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-                out.extend(t.strip() for t in texts)
+                for i, text in zip(idx, texts):
+                    out[i] = text.strip()
     finally:
         model.train(was_training)
     return out
 
 
-def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    # Pixel values follow the model's dtype; ids, masks and sizes stay integer.
-    if not isinstance(value, torch.Tensor):
-        return value
-    if value.is_floating_point():
-        return value.to(device=device, dtype=dtype)
-    return value.to(device)
+def _by_prompt_length(processor: ProcessorMixin, samples: list[Sample]) -> list[int]:
+    """Sample indices sorted by prompt length in tokens (stable: ties keep their order)."""
+    prompts = [chat_prompt(processor, s) for s in samples]
+    lengths = [len(ids) for ids in processor.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(samples)), key=lengths.__getitem__)

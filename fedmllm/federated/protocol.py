@@ -6,15 +6,17 @@ and ``clients/`` imports them from here; this module imports neither Flower nor 
 
 A train instruction (server -> client) holds:
     ``ARRAYS``            ArrayRecord: the global trainable state (adapter weights).
-    ``CONFIG``            ConfigRecord: ``SERVER_ROUND``, ``LOCAL_STEPS``, ``LR``, and the
-                          algorithm's keys (``PROXIMAL_MU`` for FedProx).
+    ``CONFIG``            ConfigRecord: ``SERVER_ROUND``, ``LOCAL_STEPS``, ``LR``,
+                          ``RUN_CONFIG``, ``SYSTEM``, and the algorithm's keys
+                          (``PROXIMAL_MU`` for FedProx).
     ``SCAFFOLD_C_GLOBAL`` ArrayRecord (SCAFFOLD only): the server control variate c,
                           same keys and shapes as ``ARRAYS``.
 A train reply (client -> server) holds:
     ``ARRAYS``            ArrayRecord: the client's trained state y_i (same keys/shapes).
     ``METRICS``           MetricRecord: ``NUM_EXAMPLES`` (aggregation weight), ``TRAIN_LOSS``,
                           ``SECONDS``, ``BYTES_IN``, ``BYTES_OUT``, ``CLIENT_FAILED`` (0/1),
-                          ``PARTITION_ID`` (used to order replies deterministically).
+                          ``PARTITION_ID`` (used to order replies deterministically),
+                          ``STEPS``, ``WALL_SECONDS``.
     ``SCAFFOLD_DC``       ArrayRecord (SCAFFOLD only): dc_i = c_i+ - c_i.
 """
 
@@ -34,6 +36,8 @@ SERVER_ROUND = "server-round"  # Flower's FedAvg.configure_train writes this one
 LOCAL_STEPS = "local-steps"
 LR = "lr"
 PROXIMAL_MU = "proximal-mu"  # the key Flower's FedProx writes
+RUN_CONFIG = "run-config"  # the resolved config (TOML text): run_simulation leaves run_config empty
+SYSTEM = "system"  # which system (strategy or baseline) of the experiment the round belongs to
 
 # MetricRecord keys (client -> server).
 NUM_EXAMPLES = "num-examples"  # Flower's default `weighted_by_key`
@@ -43,6 +47,8 @@ BYTES_IN = "bytes-in"
 BYTES_OUT = "bytes-out"
 CLIENT_FAILED = "client-failed"
 PARTITION_ID = "partition-id"
+STEPS = "steps"
+WALL_SECONDS = "wall-seconds"
 # Added by the server to aggregated train metrics.
 NUM_CLIENTS = "num-clients"
 
@@ -55,6 +61,8 @@ METRIC_REDUCTIONS: dict[str, str] = {
     BYTES_OUT: "sum",
     CLIENT_FAILED: "sum",
     SECONDS: "max",
+    STEPS: "sum",
+    WALL_SECONDS: "max",
     PARTITION_ID: "drop",
 }
 

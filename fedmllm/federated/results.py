@@ -7,10 +7,7 @@ since one model serves all tasks); O_d = E_d + F. A system's summary is the mean
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
-
+from fedmllm.federated.drift import weight_divergence  # noqa: F401  (re-exported)
 from fedmllm.runs import RunDir
 
 
@@ -29,13 +26,6 @@ def system_result(system: str, kind: str, model: str, scores: dict, zero: dict) 
         "O": sum(v["O"] for v in per_task.values()) / n,
         "downstream_mean": sum(down.values()) / n,
     }
-
-
-def weight_divergence(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
-    """‖w − w_ref‖ / ‖w_ref‖ over the communicated state (FIELD_NOTES: divergence from pooled)."""
-    num = sum(float(((state[k].float() - reference[k].float()) ** 2).sum()) for k in reference)
-    den = sum(float((reference[k].float() ** 2).sum()) for k in reference)
-    return (num / den) ** 0.5 if den > 0 else float("nan")
 
 
 def write_results(run: RunDir, zero: dict, systems: list[dict]) -> dict:

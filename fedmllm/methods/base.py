@@ -101,9 +101,10 @@ class TuningMethod(ABC):
         """State name → the live parameter it is read from (hooks key FedProx/SCAFFOLD by it)."""
 
     # -- shared behaviour ----------------------------------------------------------------------
-    def apply(self, model: nn.Module, options: OptionsLike = None) -> nn.Module:
+    def apply(self, model: nn.Module, options: OptionsLike = None, *, seed: int = 0) -> nn.Module:
         """Validate options against ``model`` (before any compute), then apply; returns the model
-        to train (the same object, or its peft wrapper). ``options`` rebinds this method's options."""
+        to train (the same object, or its peft wrapper). ``options`` rebinds this method's options.
+        New parameters (LoRA's A, adapters) are initialised from ``seed``, not the global RNG."""
         if options is not None:
             self.options = self.parse_options(options)
         self.options.validate(model)
@@ -112,7 +113,10 @@ class TuningMethod(ABC):
                 f"a tuning method ({getattr(model, _APPLIED)}) was already applied to this model; "
                 "apply methods to a freshly built base model"
             )
-        tuned = self._apply(model)
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            tuned = self._apply(model)
         for m in {id(model): model, id(tuned): tuned}.values():  # peft modifies the base in place
             object.__setattr__(m, _APPLIED, self.name)  # a plain attribute, not a submodule
         return tuned
@@ -210,11 +214,12 @@ def make_method(name: str, options: OptionsLike = None) -> TuningMethod:
     return METHODS.get(name)(options)
 
 
-def apply_method(model: nn.Module, name: str, options: OptionsLike = None
+def apply_method(model: nn.Module, name: str, options: OptionsLike = None, *, seed: int = 0
                  ) -> tuple[nn.Module, TuningMethod, MethodOptions]:
-    """Apply method ``name`` to ``model``: returns (model to train, method, its options)."""
+    """Apply method ``name`` to ``model``: returns (model to train, method, its options).
+    ``seed`` initialises the method's new parameters."""
     method = make_method(name, options)
-    return method.apply(model), method, method.options
+    return method.apply(model, seed=seed), method, method.options
 
 
 def read_method_file(path: str | Path) -> dict[str, Any]:

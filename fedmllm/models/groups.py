@@ -11,7 +11,7 @@ Names are those of the bare transformers model; peft wrapping prefixes them with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch.nn as nn
@@ -121,3 +121,6 @@ def num_llm_layers(model: nn.Module) -> int:
     regex = re.compile(groups_for(model).llm_layers)
     idx = {int(m.group(1)) for n, _ in model.named_parameters() if (m := regex.fullmatch(strip_peft_prefix(n)))}
     return max(idx) + 1 if idx else 0
+
+# Qwen2.5-VL names its modules exactly as Qwen2-VL does (checked on transformers 5.23).
+GROUPS["qwen2_5_vl"] = replace(GROUPS["qwen2_vl"], model_type="qwen2_5_vl")

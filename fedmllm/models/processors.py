@@ -66,7 +66,11 @@ def load_processor(path: str) -> ProcessorMixin:
     """Build the multimodal processor saved at ``path`` (a local folder or a cached hub id)."""
     # Reads processor_config.json and the chat template in every layout (.jinja, legacy .json).
     processor_dict, _ = ProcessorMixin.get_processor_dict(path)
-    base = getattr(transformers, _processor_class_name(path, processor_dict))
+    name = _processor_class_name(path, processor_dict)
+    base = getattr(transformers, name, None)
+    if base is None:
+        raise UserError(f"checkpoint {path!r} needs processor class {name!r}, which transformers "
+                        f"{transformers.__version__} does not have (remote code is not supported)")
     cls = without_video(base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     parts: dict[str, Any] = {"tokenizer": tokenizer}

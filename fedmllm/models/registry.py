@@ -14,12 +14,13 @@ from typing import Optional
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
-# Importing an entry module registers that model (one file, one registration).
-from fedmllm.models import tiny_llava_ov, tiny_vila  # noqa: F401
 from fedmllm.errors import UserError
 from fedmllm.models.base import MODELS, ModelBundle, ModelSpec, register_model
 from fedmllm.models.groups import groups_for
 from fedmllm.models.processors import load_processor
+
+# Importing an entry module registers that model (one file, one registration).
+from fedmllm.models import tiny_llava_ov, tiny_vila  # noqa: E402,F401,I001
 
 __all__ = ["MODELS", "ModelBundle", "ModelSpec", "register_model", "build_model", "save_bundle",
            "checkpoint_dir", "DTYPES"]
@@ -87,6 +88,8 @@ def _load_shipped(name: str, torch_dtype: Optional[torch.dtype]) -> tuple[PreTra
 def _load_checkpoint(path: str, pretrained: bool, torch_dtype: Optional[torch.dtype],
                      seed: int) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Model + processor from a local folder or a hub id (offline: the local hub cache only)."""
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise UserError(f"folder {path!r} has no config.json: not a checkpoint saved with save_pretrained")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:  # not cached offline, unknown repo, or not a repo id

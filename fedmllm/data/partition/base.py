@@ -94,14 +94,16 @@ class Partition:
         title = f"{self.partitioner} ({self.split}, seed {self.seed}, {self.options})"
         return "\n".join([title, fmt(header), *(fmt(r) for r in rows)])
 
-    def to_json(self) -> str:
-        """All fields as one JSON object (indices included), e.g. for the run directory."""
-        return json.dumps(asdict(self))
+    def to_json(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict (indices included), plus ``counts`` for readers."""
+        return {**asdict(self), "counts": self.counts()}
 
     @classmethod
-    def from_json(cls, text: str) -> "Partition":
-        """Inverse of `to_json`."""
-        return cls(**json.loads(text))
+    def from_json(cls, data: "dict[str, Any] | str") -> "Partition":
+        """Inverse of `to_json` (also accepts its ``json.dumps`` text)."""
+        data = json.loads(data) if isinstance(data, str) else dict(data)
+        data.pop("counts", None)
+        return cls(**data)
 
 
 # fn(pool, tasks, num_clients, seed, **options) -> clients. Options arrive validated and filled.
@@ -148,7 +150,8 @@ def collect(partitioner: Any, dataset: Any, num_clients: int, tasks: Sequence[st
 
     Partition ``pid`` goes to client ``offset + pid`` of ``clients`` (created if None).
     """
-    clients = clients if clients is not None else [{t: [] for t in tasks} for _ in range(num_clients)]
+    if clients is None:
+        clients = [{t: [] for t in tasks} for _ in range(num_clients)]
     partitioner.dataset = dataset
     for pid in range(partitioner.num_partitions):
         part = partitioner.load_partition(pid)

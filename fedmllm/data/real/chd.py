@@ -10,8 +10,8 @@ Two layouts are accepted (the first that matches wins):
    folders, ``<root>/<diagnosis>/<image>`` is carved 80/20 by sha1 of ``<diagnosis>/<file>``
    (`common.in_train`).
 
-The question is ``"What is the diagnosis shown in this image?"`` unless the parquet has a
-``question`` column or the loader option ``question=...`` is given. Scored by exact match;
+The question is the loader option ``question=...`` if given, else the parquet's ``question``
+column if present, else ``"What is the diagnosis shown in this image?"``. Scored by exact match;
 ``meta["label"]`` is the diagnosis.
 """
 
@@ -49,7 +49,9 @@ def _from_folders(root: Path, split: str) -> list[tuple[str, str, Path]]:
     return [items[i] for i in c.carve(NAME, [sid for sid, _, _ in items], split)]
 
 
-def _from_parquet(root: Path, split: str, n, seed, question: str, options) -> list[Sample]:
+def _from_parquet(root: Path, split: str, n: Optional[int], seed: int, question: Optional[str],
+                  options: dict) -> list[Sample]:
+    """Samples of ``split`` in the parquet layout."""
     table = c.load_table(NAME, str(root), split, **options)
     c.require_columns(NAME, str(root), table, ("image", "answer"))
     ids = [str(x) for x in table["id"]] if "id" in table.column_names else None
@@ -60,17 +62,20 @@ def _from_parquet(root: Path, split: str, n, seed, question: str, options) -> li
         answer = str(row["answer"]).strip()
         samples.append(Sample(uid=c.make_uid(NAME, split, sid), task=NAME,
                               images=[c.to_rgb(row["image"], NAME, f"{root} row {i}")],
-                              question=str(row.get("question") or question), answers=[answer],
+                              question=question or str(row.get("question") or QUESTION),
+                              answers=[answer],
                               meta={"label": answer}))
     return samples
 
 
 def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
-         hub_org: Optional[str] = None, question: str = QUESTION, **options: Any) -> list[Sample]:
+         hub_org: Optional[str] = None, question: Optional[str] = None,
+         **options: Any) -> list[Sample]:
     """Load CHD ``split`` from the user's folder ``source`` (layouts in the module docstring)."""
     c.check_options(NAME, options, c.HUB_OPTIONS)
     if not source:
-        raise UserError(f"{NAME}: CHD is private: pass the folder that holds it as source ({EXPECTED})")
+        raise UserError(f"{NAME}: CHD is private: pass the folder that holds it as source "
+                        f"({EXPECTED})")
     root = c.local_folder(NAME, source, EXPECTED)
     if any(root.rglob("*.parquet")):
         return _from_parquet(root, split, n, seed, question, options)
@@ -82,7 +87,8 @@ def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[st
         sid, diagnosis, path = items[i]
         samples.append(Sample(uid=c.make_uid(NAME, split, sid), task=NAME,
                               images=[c.to_rgb(str(path), NAME, f"file {str(path)!r}")],
-                              question=question, answers=[diagnosis], meta={"label": diagnosis}))
+                              question=question or QUESTION, answers=[diagnosis],
+                              meta={"label": diagnosis}))
     return samples
 
 

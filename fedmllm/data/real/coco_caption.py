@@ -1,6 +1,6 @@
 """COCO-Caption (upstream): COCO 2014 captioning, scored by CIDEr-D.
 
-Source: ``lmms-lab/COCO-Caption`` (splits ``val`` (40,504 images, 5+ captions each) and ``test``
+Source: ``lmms-lab/COCO-Caption`` (splits ``val`` (40.5k images, 5+ captions each) and ``test``
 (no public captions); columns ``question_id`` (e.g. ``COCO_val2014_000000391895.jpg``),
 ``image``, ``question``, ``answer`` (list of captions), ``id``, ``file_name``, ...).
 No usable train split: paper train/test are carved from ``val`` 80/20 by sha1 of

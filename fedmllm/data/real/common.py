@@ -77,25 +77,26 @@ def load_table(task: str, source: str, split: str, config: Optional[str] = None,
     """
     import datasets
 
-    where = f"{source!r} (split {split!r}{f', config {config!r}' if config else ''})"
-    if is_local(source):
-        # datasets would read any text file as a "text" dataset: insist on parquet files.
-        if not any(local_folder(task, source, "parquet files").rglob("*.parquet")):
-            raise UserError(f"{task}: folder {source!r} has none of the expected files: put the "
-                            f"dataset's parquet files there as data/{split}-*.parquet")
+    no_files = (f"{task}: folder {source!r} has none of the expected files: put the dataset's "
+                f"parquet files there as data/{split}-*.parquet")
+    # datasets would read any text file as a "text" dataset: a local folder must hold parquet.
+    if is_local(source) and not any(local_folder(task, source, "parquet files").rglob("*.parquet")):
+        raise UserError(no_files)
     try:
         return datasets.load_dataset(source, config, split=split, **hub_options)
     except datasets.data_files.EmptyDatasetError:
-        raise UserError(f"{task}: folder {source!r} has none of the expected files: put the "
-                        f"dataset's parquet files there as data/{split}-*.parquet") from None
+        raise UserError(no_files) from None
     except datasets.exceptions.DatasetNotFoundError as e:
-        raise UserError(f"{task}: dataset {source!r} was not found on the Hub ({e}): check the id "
-                        f"(lmms-lab datasets: hub_org= or ${ORG_ENV}) or pass a local folder") from None
+        raise UserError(f"{task}: dataset {source!r} was not found on the Hub ({e}): check the "
+                        f"id (lmms-lab datasets: hub_org= or ${ORG_ENV}) or pass a local "
+                        "folder") from None
     except ConnectionError:
-        raise UserError(f"{task}: dataset {source!r} could not be found locally (not a folder, not "
-                        "in the Hugging Face cache): set HF_HUB_OFFLINE=0 and HF_DATASETS_OFFLINE=0 "
-                        "on a machine with internet access, or pass a local folder as source") from None
-    except (ValueError, OSError) as e:  # unknown split/config, unreadable parquet
+        raise UserError(f"{task}: dataset {source!r} could not be found locally (not a folder, "
+                        "not in the Hugging Face cache) and the Hub was not reached: set "
+                        "HF_HUB_OFFLINE=0 and HF_DATASETS_OFFLINE=0 on a machine with internet "
+                        "access, or pass a local folder as source") from None
+    except (ValueError, OSError) as e:  # unknown split or config, unreadable parquet
+        where = f"{source!r} (split {split!r}{f', config {config!r}' if config else ''})"
         raise UserError(f"{task}: could not load {where}: {e}") from None
 
 
@@ -105,7 +106,8 @@ def require_columns(task: str, source: str, table: Any, columns: Sequence[str]) 
     missing = [c for c in columns if c not in found]
     if missing:
         raise UserError(f"{task}: {source!r} lacks required column(s) {', '.join(missing)} "
-                        f"(columns found: {', '.join(found)}): pass the dataset in its original schema")
+                        f"(columns found: {', '.join(found)}): pass the dataset in its "
+                        "original schema")
 
 
 def in_train(stable_id: Any) -> bool:
@@ -158,6 +160,14 @@ def rows(table: Any, indices: Sequence[int], image_columns: Sequence[str] = ("im
     return table.select(list(indices))
 
 
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, with transparent pixels composited on white (diagram PNGs would turn black)."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def to_rgb(value: Any, task: str, where: str) -> Image.Image:
     """Decode one image (PIL, datasets ``{"bytes", "path"}``, bytes or a path) into RGB.
 
@@ -166,7 +176,7 @@ def to_rgb(value: Any, task: str, where: str) -> Image.Image:
     try:
         if isinstance(value, Image.Image):
             value.load()
-            return value.convert("RGB")
+            return flatten(value)
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
         if isinstance(value, (bytes, bytearray)):
@@ -175,7 +185,7 @@ def to_rgb(value: Any, task: str, where: str) -> Image.Image:
             raise ValueError(f"no image (got {type(value).__name__})")
         with Image.open(value) as image:
             image.load()
-            return image.convert("RGB")
+            return flatten(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UserError(f"{task}: corrupt or missing image at {where} ({e}): re-download the "
                         "dataset or remove that item") from None

@@ -41,8 +41,9 @@ def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[st
     chosen = list(c.rows(questions, picked))
     wanted = sorted({str(q["imageId"]) for q in chosen} - set(image_row))
     if wanted:
-        raise UserError(f"{NAME}: {src!r} config {part}_images lacks image(s) {', '.join(wanted[:5])} "
-                        f"used by {part}_instructions: pass both configs of one GQA release")
+        raise UserError(f"{NAME}: {src!r} config {part}_images lacks image(s) "
+                        f"{', '.join(wanted[:5])} used by {part}_instructions: pass both configs "
+                        "of one GQA release")
     needed = sorted({image_row[str(q["imageId"])] for q in chosen})
     decoded = {}
     for row in c.rows(images, needed):

@@ -1,12 +1,14 @@
 """IconQA (downstream): abstract-diagram questions, scored by exact match on the answer text.
 
-Source: ``lmms-lab/ICON-QA`` (splits val/test only; columns ``question_id``, ``query_image``,
-``question``, ``choices`` (comma-separated string, empty for fill-in-the-blank), ``answer`` (text),
-``ques_type`` (choose_txt / choose_img / fill_in_blank), optional ``choice_image_*``).
+Source: ``lmms-lab/ICON-QA`` (splits val and test, 21.5k questions each, no train; columns
+``question_id``, ``query_image``, ``question``, ``choices`` (comma-separated string, empty for
+fill-in-the-blank), ``answer`` (text), ``ques_type`` (choose_txt / choose_img / fill_in_blank),
+``choice_image_0/1``, ``label``, ``grade``, ``skills``).
 No train split: paper train/test are carved from ``val`` 80/20 by sha1 of ``question_id``
 (`common.in_train`); ``carve=False`` gives the whole ``val`` as test.
 The image is ``query_image``. ``choose_img`` questions (whose options are images) are skipped:
-a sample carries exactly one image. ``meta["qtype"]`` is ``ques_type``.
+a sample carries exactly one image. ``meta["qtype"]`` is ``ques_type``; the prompt lists the
+options as text and asks for the option's text (the reference is text, not a letter).
 """
 
 from __future__ import annotations

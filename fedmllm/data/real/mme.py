@@ -44,8 +44,9 @@ def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[st
     for i, row in zip(picked, c.rows(table, picked)):
         key = str(row["question_id"])
         answer = str(row["answer"]).strip()
+        image = c.to_rgb(row["image"], NAME, f"{src} image {key}")
         samples.append(Sample(uid=c.make_uid(NAME, split, f"{key}/{pairs[key].index(i)}"),
-                              task=NAME, images=[c.to_rgb(row["image"], NAME, f"{src} image {key}")],
+                              task=NAME, images=[image],
                               question=str(row["question"]), answers=[answer],
                               meta={"label": answer, "category": str(row["category"]),
                                     "qtype": str(row["category"]), "pair": key}))

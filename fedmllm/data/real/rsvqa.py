@@ -54,7 +54,8 @@ def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[st
     answers = {a["id"]: a for a in _read(NAME, answers_file, "answers")}
     inactive = set()
     if images_file.is_file():
-        inactive = {im["id"] for im in _read(NAME, images_file, "images") if not im.get("active", True)}
+        inactive = {im["id"] for im in _read(NAME, images_file, "images")
+                    if not im.get("active", True)}
     questions = [q for q in _read(NAME, questions_file, "questions")
                  if q.get("active", True) and "question" in q and q.get("img_id") not in inactive]
     samples = []

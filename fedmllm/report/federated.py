@@ -1,0 +1,172 @@
+"""Report of a federated run, built from the run directory's files alone.
+
+Tables: the partition (client × dataset counts); federated strategies against the ``pooled`` and
+``local`` baselines per dataset (score and E), F and mean O; communication totals. Plots: the
+downstream score and the forgetting F over rounds, drift over rounds (update norms, cosines,
+B-local dissimilarity, LoRA aggregation discrepancy), client-update cosine heatmaps, train loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from fedmllm.report.plotting import plt_figure, save_figure
+from fedmllm.runs import atomic_write, read_events
+
+
+def _systems(run_dir: Path) -> list[dict]:
+    order = {"pooled": 0, "local": 2}
+    out = [json.loads(p.read_text()) for p in (run_dir / "systems").glob("*.json")]
+    return sorted(out, key=lambda s: (order.get(s["system"], 1), s["system"]))
+
+
+def comparison_table(systems: list[dict], zero: dict) -> str:
+    tasks = list(zero["downstream"])
+    lines = ["| system | kind | " + " | ".join(tasks) + " | F | mean E | mean O |",
+             "|" + "---|" * (len(tasks) + 5),
+             "| base (zero-shot) | – | " + " | ".join(f"{zero['downstream'][t]:.1f}" for t in tasks) + " | – | – | – |"]
+    for s in systems:
+        cells = " | ".join(f"{s['per_task'][t]['score']:.1f} ({s['per_task'][t]['E']:+.1f})" for t in tasks)
+        lines.append(f"| {s['system']} | {s['kind']} | {cells} | {s['F']:+.1f} | {s['E']:+.1f} | {s['O']:+.1f} |")
+    return "\n".join(lines)
+
+
+def communication_table(systems: list[dict], rounds: dict[str, list[dict]]) -> str:
+    lines = ["| system | rounds | uploaded (MB) | downloaded (MB) | per client per round up (KB) |",
+             "|---|---|---|---|---|"]
+    for s in systems:
+        rs = rounds.get(s["system"], [])
+        if not rs:
+            continue
+        up, down = sum(r["bytes_up"] for r in rs), sum(r["bytes_down"] for r in rs)
+        n = sum(r["clients"] for r in rs) or 1
+        lines.append(f"| {s['system']} | {len(rs)} | {up / 1e6:.2f} | {down / 1e6:.2f} | {up / n / 1e3:.1f} |")
+    return "\n".join(lines)
+
+
+def _line_plot(series: dict[str, tuple[list, list]], title: str, ylabel: str, path: Path,
+               hlines: dict[str, float] | None = None) -> None:
+    fig, ax = plt_figure(6.5, 4)
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{(len(series) + i) % 10}", label=f"{name} (final)")
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def _drift_plot(rounds: dict[str, list[dict]], path: Path) -> None:
+    keys = [("update_norm_mean", "mean client update norm"), ("cosine_pairwise_mean", "mean pairwise cosine"),
+            ("b_local", "B-local dissimilarity"), ("lora_discrepancy", "LoRA aggregation discrepancy")]
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (key, label) in zip(axes.flat, keys):
+        for system, rs in rounds.items():
+            for prefix in (("",) if key == "lora_discrepancy" else ("all.", "lora_dW.")):
+                ys = [r["drift"].get(prefix + key) for r in rs]
+                if any(y is not None for y in ys):
+                    ax.plot([r["round"] for r in rs], ys, marker="o", ms=3,
+                            label=f"{system}{' ' + prefix.rstrip('.') if prefix else ''}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("round")
+        ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+def _heatmap(matrix: list[list[float]], clients: list[int], title: str, path: Path) -> None:
+    import numpy as np
+
+    fig, ax = plt_figure(4.8, 4)
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(clients)), clients)
+    ax.set_yticks(range(len(clients)), clients)
+    ax.set_xlabel("client")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, path)
+
+
+def build_plots(run_dir: Path, events: list[dict], systems: list[dict]) -> list[str]:
+    plots = run_dir / "plots"
+    evals, rounds, losses = defaultdict(list), defaultdict(list), defaultdict(lambda: defaultdict(list))
+    for e in events:
+        if e.get("event") == "global_eval":
+            evals[e["system"]].append(e)
+        elif e.get("event") == "round":
+            rounds[e["system"]].append(e)
+        elif e.get("event") == "client_train":
+            losses[e["system"]][e["round"]].append(e["train_loss"])
+    final = {s["system"]: s for s in systems}
+    base = {k: v for k, v in final.items() if k in ("pooled", "local")}
+    out = []
+    if evals:
+        series = {s: ([e["round"] for e in es], [sum(e["downstream"].values()) / len(e["downstream"]) for e in es])
+                  for s, es in evals.items()}
+        _line_plot(series, "Global model: mean downstream score", "score (points)", plots / "rounds_downstream.png",
+                   {k: v["downstream_mean"] for k, v in base.items()})
+        out.append("rounds_downstream.png")
+        fs = {s: ([e["round"] for e in es if "F" in e], [e["F"] for e in es if "F" in e]) for s, es in evals.items()}
+        _line_plot(fs, "Forgetting: F over rounds (upstream change vs base)", "F (points)", plots / "rounds_forgetting.png",
+                   {k: v["F"] for k, v in base.items()})
+        out.append("rounds_forgetting.png")
+        for s, es in evals.items():
+            per = {t: ([e["round"] for e in es], [e["downstream"][t] for e in es]) for t in es[0]["downstream"]}
+            _line_plot(per, f"{s}: downstream score per dataset", "score", plots / f"rounds_tasks_{s}.png")
+            out.append(f"rounds_tasks_{s}.png")
+    if rounds:
+        _drift_plot(rounds, plots / "drift.png")
+        out.append("drift.png")
+        for s, rs in rounds.items():
+            d = rs[-1]["drift"]
+            key = "lora_dW.cosine_matrix" if d.get("lora_dW.cosine_matrix") else "all.cosine_matrix"
+            if d.get(key):
+                _heatmap(d[key], d.get("clients", list(range(len(d[key])))),
+                         f"{s}: client-update cosine, round {rs[-1]['round']} ({key.split('.')[0]})",
+                         plots / f"cosine_{s}.png")
+                out.append(f"cosine_{s}.png")
+    if losses:
+        series = {s: (sorted(r), [sum(r[k]) / len(r[k]) for k in sorted(r)]) for s, r in losses.items()}
+        _line_plot(series, "Mean client training loss", "loss", plots / "train_loss.png")
+        out.append("train_loss.png")
+    return out
+
+
+def build_federated_report(run_dir: Path) -> Path:
+    """Write ``report.md`` and ``plots/`` for a federated run; returns the report path."""
+    from fedmllm.data.partition import Partition
+
+    events = list(read_events(run_dir))
+    systems = _systems(run_dir)
+    zero = json.loads((run_dir / "zeroshot.json").read_text())["full"] if (run_dir / "zeroshot.json").is_file() else None
+    rounds = defaultdict(list)
+    for e in events:
+        if e.get("event") == "round":
+            rounds[e["system"]].append(e)
+    parts = [f"# Federated run — `{run_dir.name}`\n"]
+    if (run_dir / "partition.json").is_file():
+        part = Partition.from_json(json.loads((run_dir / "partition.json").read_text()))
+        parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(), "```\n"]
+    if zero and systems:
+        parts += ["## Federated vs pooled vs local\n",
+                  "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
+                  "(negative = forgetting); O = E + F, averaged over datasets.\n",
+                  comparison_table(systems, zero), ""]
+    if rounds:
+        parts += ["## Communication\n", communication_table(systems, rounds), ""]
+    failures = [e for e in events if e.get("event") == "client_failed"]
+    if failures:
+        parts.append(f"**Client failures:** {len(failures)} (see `metrics.jsonl`, event `client_failed`).\n")
+    names = build_plots(run_dir, events, systems)
+    if names:
+        parts.append("## Over rounds\n")
+        parts += [f"![{n[:-4]}](plots/{n})" for n in names]
+    path = run_dir / "report.md"
+    atomic_write(path, "\n".join(parts) + "\n")
+    return path

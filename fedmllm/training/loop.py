@@ -1,0 +1,236 @@
+"""The one local training loop, shared by federated clients and the centralized baseline.
+
+A plain loop in the style of torchtune's recipes: no trainer framework. Federated algorithms
+enter only through hooks (`fedmllm.training.hooks`). accelerate picks the device and runs bf16
+autocast; the model and optimizer are not ``prepare``-d (that would re-wrap ``forward`` on every
+call for a model cached across rounds, and adds nothing on one device), and backward / clipping
+are plain torch (no fp16, hence no loss scaler). The loss stays on the device until the end of
+the call (one sync), unless ``log_every`` asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from fedmllm.errors import UserError
+from fedmllm.training.hooks import TrainHook
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("cosine", "constant")
+IGNORE_INDEX = -100  # transformers' label value for positions without loss
+
+
+@dataclass
+class TrainConfig:
+    """Local training settings (one call of `train_local`).
+
+    Attributes:
+        lr: peak learning rate of AdamW (paper: 1e-5 LLaVA, 1e-4 VILA; Full-ST 1e-5).
+        steps: optimizer steps; 0 means "run ``epochs`` epochs".
+        epochs: passes over the samples when ``steps`` is 0 (paper: 3).
+        batch_size: samples per micro-batch (paper: 16, as batch_size × grad_accum).
+        grad_accum: micro-batches per optimizer step.
+        warmup_ratio: fraction of steps with linear warm-up from 0.
+        schedule: after warm-up, ``"cosine"`` decay to 0 or ``"constant"``.
+        weight_decay: AdamW's decoupled weight decay.
+        max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
+        precision: ``"auto"`` (bf16 autocast on CUDA, else fp32), ``"fp32"`` or ``"bf16"``.
+        log_every: log loss and lr every this many steps; 0 never.
+    """
+
+    lr: float = 1e-4
+    steps: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"
+    log_every: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `UserError` naming the first invalid field."""
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.steps > 0 or self.epochs >= 1, f"epochs must be >= 1 when steps is 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.log_every >= 0, f"log_every must be >= 0, got {self.log_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"train config: {message}")
+
+    def num_steps(self, n_samples: int) -> int:
+        """Optimizer steps for ``n_samples`` samples: ``steps``, or ``epochs`` full passes."""
+        if self.steps:
+            return self.steps
+        return math.ceil(self.epochs * math.ceil(n_samples / self.batch_size) / self.grad_accum)
+
+
+@dataclass
+class TrainStats:
+    """What one `train_local` call did. Losses are the data loss (hook terms excluded), one per
+    optimizer step; ``examples`` counts samples seen (with repeats); ``seconds`` is wall time."""
+
+    steps: int
+    examples: int
+    loss_first: float
+    loss_last: float
+    loss_mean: float
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[list], dict],
+                cfg: TrainConfig, *, seed: int, hooks: Sequence[TrainHook] = (),
+                progress: bool = False) -> TrainStats:
+    """Train ``model``'s trainable parameters on ``samples``; returns `TrainStats`.
+
+    ``collate(list_of_samples)`` gives the model's keyword arguments including ``labels``;
+    ``model(**batch).loss`` is the (answer-only) mean loss. ``seed`` fixes the sample order
+    (a per-call ``torch.Generator``) and dropout (``torch.manual_seed`` inside a forked RNG, so the
+    caller's global RNG is untouched); derive it from (run, client, round).
+    """
+    cfg.validate()
+    if not samples:
+        raise UserError("train_local: no training samples")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("train_local: the model has no trainable parameters (apply a tuning method)")
+    total = cfg.num_steps(len(samples))
+    acc = _accelerator(cfg.precision)
+    device = acc.device
+    model.to(device)
+    trainable = list(params.values())
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    make_schedule = get_cosine_schedule_with_warmup if cfg.schedule == "cosine" else _constant
+    scheduler = make_schedule(optimizer, round(cfg.warmup_ratio * total), total)
+    order = _index_batches(len(samples), cfg.batch_size, torch.Generator().manual_seed(seed))
+    bar = tqdm(total=total, desc="train", leave=False) if progress else None
+    was_training = model.training
+    model.train()
+    losses: list[torch.Tensor] = []
+    examples = 0
+    for hook in hooks:
+        hook.on_start(model, params)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
+        for step in range(total):
+            idx = [next(order) for _ in range(cfg.grad_accum)]
+            batches = [_to(collate([samples[i] for i in b]), device) for b in idx]
+            examples += sum(map(len, idx))
+            step_loss = None
+            for batch, weight in zip(batches, _weights(batches)):
+                with acc.autocast():
+                    loss = model(**batch).loss
+                if weight is not None:
+                    loss = loss * weight
+                # Plain backward: one device and bf16 autocast need no loss scaling.
+                loss.backward()
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            terms = [t for h in hooks if (t := h.loss_term(model, params)) is not None]
+            if terms:
+                sum(terms).backward()
+            for hook in hooks:
+                hook.after_backward(model, params)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            if bar is not None:
+                bar.update(1)
+            if cfg.log_every and (step + 1) % cfg.log_every == 0:
+                value = step_loss.item()
+                log.info("step %d/%d loss %.4f lr %.3g", step + 1, total, value, scheduler.get_last_lr()[0])
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value:.4f}")
+    values = torch.stack(losses).float().tolist()  # one device sync for the whole call
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    for hook in hooks:
+        hook.on_end(model, params)
+    model.train(was_training)
+    return TrainStats(steps=total, examples=examples, loss_first=values[0], loss_last=values[-1],
+                      loss_mean=sum(values) / len(values), seconds=seconds, losses=values)
+
+
+def _accelerator(precision: str) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda) else "no"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed:
+        # accelerate keeps one process-wide state and refuses a second precision; a simulator
+        # process may legitimately train at several (tests; a large server and small clients).
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def _constant(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Micro-batches of sample indices: a fresh seeded shuffle per epoch, cycling forever.
+    The last batch of an epoch may be smaller (every sample is seen once per epoch)."""
+    while True:
+        perm = torch.randperm(n, generator=generator).tolist()
+        for i in range(0, n, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _weights(batches: list[dict[str, Any]]) -> list[Any]:
+    """Weights of micro-batch mean losses so that accumulation equals one big batch.
+
+    A micro-batch's loss is a mean over its target tokens, so it is weighted by its share of the
+    step's target tokens (the fix transformers adopted for gradient accumulation in 2024). Token
+    labels (integer, 2-D) count positions that score after the causal shift; other labels count
+    examples. One micro-batch needs no weight.
+    """
+    if len(batches) == 1:
+        return [None]
+    counts = [_targets(b["labels"]) for b in batches]
+    total = torch.stack(counts).sum().clamp(min=1)
+    return [c / total for c in counts]
+
+
+def _targets(labels: torch.Tensor) -> torch.Tensor:
+    if labels.ndim >= 2 and not labels.dtype.is_floating_point:
+        return (labels[..., 1:] != IGNORE_INDEX).sum().float()
+    return torch.tensor(float(labels.shape[0]), device=labels.device)
