@@ -54,8 +54,6 @@ def backend_config(cfg: Config) -> dict:
             "object_store_memory": fed.object_store_mb * 1024 * 1024,
             "_temp_dir": str(temp),
             "include_dashboard": False,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                                         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
         },
     }
 
@@ -69,6 +67,9 @@ def run_federated(cfg: Config, out: str, resume: bool = False) -> Path:
 
     check_federated(cfg)
     run = RunDir.create(out, cfg, "federated", resume=resume)
+    # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env).
+    for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(Path(tempfile.gettempdir()) / f"fedmllm_flwr_{os.getuid()}"))
     errors: list[BaseException] = []
     run_simulation(server_app=make_server_app(cfg, run.path.resolve(), errors), client_app=client_app,

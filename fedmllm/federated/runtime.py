@@ -60,7 +60,8 @@ class ClientRuntime:
         from fedmllm.models import build_model
 
         self.cfg = cfg
-        if bundle is None:
+        if bundle is None:  # a fresh process (Ray actor): one torch thread per simulated client
+            torch.set_num_threads(1)
             bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
             model = bundle.model
         else:
@@ -94,23 +95,23 @@ class ClientRuntime:
         self.method.set_state(self.model, global_state)
         hooks = []
         if proximal_mu > 0:
-            hooks.append(ProximalTerm(proximal_mu, global_state))
+            hooks.append(ProximalTerm(proximal_mu, global_state, self.method))
         if control is not None:
-            hooks.append(ControlVariate(control[0], control[1]))
+            hooks.append(ControlVariate(control[0], control[1], self.method))
         seed = derive_seed(self.cfg.seed, "client", server_round, partition_id)
         t0 = time.perf_counter()
         stats = train_local(self.model, samples, self.collate,
-                            loop_config(self.cfg.train, lr=lr, steps=steps, warmup_ratio=0.0),
+                            loop_config(self.cfg.train, lr=lr, steps=steps, warmup_ratio=0.0, schedule="constant"),
                             seed=seed, hooks=hooks)
         new_state = self.method.get_state(self.model)
         result = LocalResult(new_state, len(samples), float(stats.loss_mean), stats.steps,
                              time.perf_counter() - t0)
         if control is not None:
+            from fedmllm.training.hooks import scaffold_control_update
+
             c_global, c_local = control
-            # c_i+ = c_i - c + (x - y_i) / (K * lr)   (option II)
-            result.control_new = {k: c_local[k] - c_global[k] + (global_state[k] - new_state[k]) / (stats.steps * lr)
-                                  for k in new_state}
-            result.control_delta = {k: result.control_new[k] - c_local[k] for k in new_state}
+            result.control_new = scaffold_control_update(c_local, c_global, global_state, new_state, stats.steps, lr)
+            result.control_delta = {k: result.control_new[k] - c_local[k].float() for k in new_state}
         return result
 
 

@@ -7,6 +7,7 @@ communicated state is those parameters, under their ``model.named_parameters()``
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Optional
 
 import torch.nn as nn
 
@@ -33,17 +34,14 @@ class SelectiveMethod(TuningMethod):
             p.requires_grad_(n in chosen)
         return model
 
-    def state_names(self, model: nn.Module) -> list[str]:
-        return self.select(model)
-
     def state_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         params = dict(model.named_parameters())
         return {n: params[n] for n in self.select(model)}
 
 
-def groups_params(model: nn.Module, *groups: str) -> list[str]:
-    """Parameter names of several module groups, in model order, without duplicates."""
-    names: dict[str, None] = {}
+def groups_params(model: nn.Module, *groups: str, layers: Optional[set[int]] = None) -> list[str]:
+    """Parameter names in any of ``groups``, in model order; ``layers`` restricts ``llm_layers``."""
+    chosen: set[str] = set()
     for g in groups:
-        names.update(dict.fromkeys(params_in_group(model, g)))
-    return list(names)
+        chosen.update(params_in_group(model, g, layers=layers))
+    return [n for n, _ in model.named_parameters() if n in chosen]

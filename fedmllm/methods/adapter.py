@@ -92,6 +92,3 @@ class Adapter(TuningMethod):
     def state_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {f"{mlp_name}.{ATTR}.{n}": p for mlp_name, mlp in decoder_mlps(model).items()
                 for n, p in getattr(mlp, ATTR).named_parameters()}
-
-    def state_names(self, model: nn.Module) -> list[str]:
-        return list(self.state_parameters(model))

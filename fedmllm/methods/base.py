@@ -93,14 +93,14 @@ class TuningMethod(ABC):
         """Freeze everything, make exactly the declared parameters trainable (or wrap)."""
 
     @abstractmethod
-    def state_names(self, model: nn.Module) -> list[str]:
-        """The declared names of the communicated state, in a stable order."""
-
-    @abstractmethod
     def state_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """State name → the live parameter it is read from (hooks key FedProx/SCAFFOLD by it)."""
 
     # -- shared behaviour ----------------------------------------------------------------------
+    def state_names(self, model: nn.Module) -> list[str]:
+        """The declared names of the communicated state, in a stable order."""
+        return list(self.state_parameters(model))
+
     def apply(self, model: nn.Module, options: OptionsLike = None, *, seed: int = 0) -> nn.Module:
         """Validate options against ``model`` (before any compute), then apply; returns the model
         to train (the same object, or its peft wrapper). ``options`` rebinds this method's options.

@@ -9,7 +9,7 @@ import torch.nn as nn
 from fedmllm.errors import UserError
 from fedmllm.methods._selective import SelectiveMethod, groups_params
 from fedmllm.methods.base import MethodOptions, register_method
-from fedmllm.models.groups import groups_for, num_llm_layers, params_in_group
+from fedmllm.models.groups import groups_for, num_llm_layers
 
 
 @dataclass
@@ -38,4 +38,4 @@ class TopLayers(SelectiveMethod):
     def select(self, model: nn.Module) -> list[str]:
         n = num_llm_layers(model)
         top = set(range(n - self.options.k, n))
-        return params_in_group(model, "llm_layers", layers=top) + groups_params(model, "projector")
+        return groups_params(model, "llm_layers", "projector", layers=top)
