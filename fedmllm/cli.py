@@ -140,9 +140,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _quiet_libraries() -> None:
+    """Progress bars of our own only: datasets' and transformers' per-load bars are noise here."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         COMMANDS[args.command](args)
     except UserError as e:

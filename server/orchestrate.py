@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -125,18 +125,9 @@ class Experiment:
 
     # --- strategies ------------------------------------------------------------------------
     def run_strategy(self, grid: Grid, name: str) -> dict:
-        from server.strategies import build_strategy
-
-        cfg, fed = self.cfg, self.cfg.federated
-        _, lr = method_options(cfg, fed.method)
-        per_round = fed.clients_per_round or fed.num_clients
-        inner = build_strategy(name, dict(cfg.strategy_options.get(name, {})),
-                               fraction_train=per_round / fed.num_clients, min_train_nodes=per_round,
-                               min_available_nodes=fed.num_clients)
-        strategy = Instrumented(inner, self.run.log, system=name, base_lr=lr, lr_decay=fed.lr_decay,
-                                local_steps=fed.local_steps, run_config=dumps(cfg), seed=cfg.seed,
-                                max_failure_fraction=fed.max_failure_fraction,
-                                lora_factors=self.server.method.lora_factors(self.server.initial_state()))
+        fed = self.cfg.federated
+        strategy = build_instrumented(self.cfg, name, self.run.log,
+                                      self.server.method.lora_factors(self.server.initial_state()))
         t0 = time.perf_counter()
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(self.server.initial_state()),
                                 num_rounds=fed.rounds, train_config=ConfigRecord({P.SYSTEM: name}),
@@ -168,6 +159,23 @@ class Experiment:
         print(f"[{system}] round {server_round}/{fed.rounds}: downstream mean {mean_down:.1f}"
               + (f", F {event['F']:+.1f}" if "F" in event else ""), flush=True)
         return MetricRecord({"downstream-mean": mean_down})
+
+
+def build_instrumented(cfg: Config, name: str, log: Callable[[dict], None],
+                       lora_factors: Optional[list] = None) -> Instrumented:
+    """Strategy ``name`` configured from ``cfg`` (sampling, options) inside `Instrumented`
+    (round lr, run config, failure tolerance, logging to ``log``, drift over ``lora_factors``)."""
+    from server.strategies import build_strategy
+
+    fed = cfg.federated
+    _, lr = method_options(cfg, fed.method)
+    per_round = fed.clients_per_round or fed.num_clients
+    inner = build_strategy(name, dict(cfg.strategy_options.get(name, {})),
+                           fraction_train=per_round / fed.num_clients, min_train_nodes=per_round,
+                           min_available_nodes=fed.num_clients)
+    return Instrumented(inner, log, system=name, base_lr=lr, lr_decay=fed.lr_decay,
+                        local_steps=fed.local_steps, run_config=dumps(cfg), seed=cfg.seed,
+                        max_failure_fraction=fed.max_failure_fraction, lora_factors=lora_factors)
 
 
 def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:

@@ -31,5 +31,5 @@ def check_tasks(names: list[str], role: Optional[str] = None) -> None:
     for name in names:
         task = TASKS.get(name)
         if role is not None and task.role != role and task.role != "extra":
-            raise UserError(f"task {name!r} is a {task.role} task, expected {role}; "
+            raise UserError(f"task {name!r} has role {task.role!r}, expected {role!r}; "
                             f"{role} tasks: {', '.join(n for n in TASKS.names() if TASKS.get(n).role == role)}")

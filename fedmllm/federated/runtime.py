@@ -74,10 +74,10 @@ class ClientRuntime:
         self.collate = lambda batch: encode_train(self.processor, batch)
 
     def client_samples(self, partition_id: int):
-        """The training samples of one client (all its tasks, in a fixed order)."""
+        """The training samples of one client (`Partition.samples`: task by task, index order)."""
         if not 0 <= partition_id < len(self.partition.clients):
             raise ValueError(f"partition id {partition_id} out of range (0..{len(self.partition.clients) - 1})")
-        return [self.data.train[t][i] for t, idx in sorted(self.partition.clients[partition_id].items()) for i in idx]
+        return self.partition.samples(partition_id, self.data.train)
 
     def train(self, partition_id: int, global_state: dict[str, torch.Tensor], server_round: int,
               lr: float, steps: int, proximal_mu: float = 0.0,
