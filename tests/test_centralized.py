@@ -75,3 +75,17 @@ def test_resume_with_different_config_refused(grid):
 def test_existing_directory_not_overwritten(grid):
     with pytest.raises(UserError, match="already exists"):
         run_centralized(load_config(None, OVERRIDES), str(grid))
+
+
+def test_method_needing_a_missing_module_group(monkeypatch, tmp_path):
+    """A model type without a projector group (a row with projector=None) cannot run 'projector'."""
+    import dataclasses
+
+    from fedmllm.models import groups
+
+    monkeypatch.setitem(groups.GROUPS, "llava", dataclasses.replace(groups.GROUPS["llava"], projector=None))
+    out = tmp_path / "run"
+    cfg = load_config(None, OVERRIDES + ["centralized.methods=projector"])
+    with pytest.raises(UserError, match="has no 'projector' module group"):
+        run_centralized(cfg, str(out))
+    assert not out.exists()
