@@ -35,6 +35,14 @@ def _control(msg: Message, context: Context, state: dict[str, torch.Tensor]):
     return c_global, c_local
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """This node's partition id: the server samples partitions reproducibly, and node ids are
+    random in every simulation (`server.instrument.PartitionOrderedGrid`)."""
+    metrics = MetricRecord({P.PARTITION_ID: int(context.node_config["partition-id"])})
+    return Message(content=RecordDict({P.METRICS: metrics}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train this client's adapter from the global state and reply with the new state."""

@@ -70,6 +70,7 @@ class EvalConfig:
 class CentralizedConfig:
     models: list = _f(["tiny-llava-ov"], "models of the grid")
     methods: list = _f(["lora"], "tuning methods of the grid")
+    tasks: list = _f([], "downstream tasks of the grid (empty: all of data.downstream)")
 
 
 @dataclass
@@ -100,6 +101,7 @@ class PretrainConfig:
     vision_warmup_steps: int = _f(300, "vision-tower-only classification warm-up steps (shape needs it)")
     vision_warmup_lr: float = _f(3e-3, "learning rate of the vision warm-up")
     out: str = _f("", "checkpoint root (empty: the package's fedmllm/assets/checkpoints)")
+    steps: dict = _f({}, "per-model training steps overriding train.steps, e.g. { tiny-llava-ov = 4500 }")
 
 
 @dataclass
@@ -218,6 +220,9 @@ def validate(cfg: Config) -> None:
                         f"federated.num_clients ({fed.num_clients})")
     if not 0 <= fed.max_failure_fraction < 1:
         raise UserError("federated.max_failure_fraction must be in [0, 1)")
+    extra = [t for t in cfg.centralized.tasks if t not in cfg.data.downstream]
+    if extra:
+        raise UserError(f"centralized.tasks {extra} are not in data.downstream ({', '.join(cfg.data.downstream)})")
     for b in fed.baselines:
         if b not in ("pooled", "local"):
             raise UserError(f"unknown baseline {b!r}; valid: pooled, local")

@@ -111,18 +111,19 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
     for p in model.parameters():
         p.requires_grad_(True)
     model.train()
-    stats = train_local(model, pool, lambda b: encode_train(processor, b), loop_config(cfg.train),
+    steps = int(cfg.pretrain.steps.get(name, cfg.train.steps))
+    stats = train_local(model, pool, lambda b: encode_train(processor, b), loop_config(cfg.train, steps=steps),
                         seed=cfg.seed, progress=progress)
     tests = {t: load_task(t, "test", CARD_EVAL_N, cfg.seed + 1, cfg.data) for t in cfg.data.upstream}
     scores = evaluate(model, processor, tests, batch_size=cfg.eval.batch_size)
     card = {
         "model": name, "seed": cfg.seed, "params": sum(p.numel() for p in model.parameters()),
         "upstream_tasks": cfg.data.upstream, "train_samples_per_task": cfg.data.train_n,
-        "vision_warmup": warm, "train": dataclasses.asdict(cfg.train),
+        "vision_warmup": warm, "train": {**dataclasses.asdict(cfg.train), "steps": steps},
         "train_loss_first": stats.loss_first, "train_loss_last": stats.loss_last,
         "eval": {"n_per_task": CARD_EVAL_N, "split": "test", "seed": cfg.seed + 1},
         "upstream_scores": {t: round(s.score, 4) for t, s in scores.items()},
-        "upstream_mean": round(sum(s.score for s in scores.values()) / len(scores), 4),
+        **card_means({t: s.score for t, s in scores.items()}),
         "seconds": round(time.time() - t0, 1),
     }
     save_bundle(bundle, out_dir)
@@ -132,6 +133,17 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
     print(f"[pretrain {name}] upstream mean {card['upstream_mean']:.1f} "
           f"({json.dumps(card['upstream_scores'])}) in {card['seconds']} s -> {out_dir}", flush=True)
     return card
+
+
+def card_means(scores: dict[str, float]) -> dict[str, float]:
+    """The plain mean of the upstream scores (DESIGN's convention, CIDEr-D × 100 included) and
+    the mean over the accuracy-type tasks only: CIDEr-D × 100 is not bounded by 100 (templated
+    twin captions reach several hundred), so the ≥ 85 % target is read on the accuracy tasks."""
+    from fedmllm.data.registry import TASKS
+
+    acc = [s for t, s in scores.items() if TASKS.get(t).metric != "cider_d"]
+    return {"upstream_mean": round(sum(scores.values()) / len(scores), 4),
+            "upstream_mean_accuracy": round(sum(acc) / len(acc), 4) if acc else float("nan")}
 
 
 def model_card_markdown(card: dict) -> str:
@@ -147,7 +159,8 @@ def model_card_markdown(card: dict) -> str:
         f"lr {card['train']['lr']}\n- wall time: {card['seconds']} s on the machine that built it\n\n"
         f"## Held-out upstream scores ({card['eval']['n_per_task']} test samples per task, seed "
         f"{card['eval']['seed']})\n\n| task | score |\n|---|---|\n{rows}\n| **mean** | "
-        f"**{card['upstream_mean']:.1f}** |\n"
+        f"**{card['upstream_mean']:.1f}** |\n| **mean of accuracy tasks** (CIDEr-D × 100 excluded) | "
+        f"**{card['upstream_mean_accuracy']:.1f}** |\n"
     )
 
 

@@ -40,6 +40,7 @@ class Experiment:
         self._write_partition()
         self.zero = self._zero_shot()
         self.pooled_state: Optional[dict[str, torch.Tensor]] = None
+        self.node_partitions: dict[int, int] = {}  # node id -> partition id, asked once
 
     def _write_partition(self) -> None:
         path = self.run.path / "partition.json"
@@ -127,7 +128,8 @@ class Experiment:
     def run_strategy(self, grid: Grid, name: str) -> dict:
         fed = self.cfg.federated
         strategy = build_instrumented(self.cfg, name, self.run.log,
-                                      self.server.method.lora_factors(self.server.initial_state()))
+                                      self.server.method.lora_factors(self.server.initial_state()),
+                                      self.node_partitions)
         t0 = time.perf_counter()
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(self.server.initial_state()),
                                 num_rounds=fed.rounds, train_config=ConfigRecord({P.SYSTEM: name}),
@@ -162,9 +164,11 @@ class Experiment:
 
 
 def build_instrumented(cfg: Config, name: str, log: Callable[[dict], None],
-                       lora_factors: Optional[list] = None) -> Instrumented:
+                       lora_factors: Optional[list] = None,
+                       partitions: Optional[dict[int, int]] = None) -> Instrumented:
     """Strategy ``name`` configured from ``cfg`` (sampling, options) inside `Instrumented`
-    (round lr, run config, failure tolerance, logging to ``log``, drift over ``lora_factors``)."""
+    (round lr, run config, failure tolerance, logging to ``log``, drift over ``lora_factors``,
+    ``partitions``: the node -> partition cache shared by the experiment's strategies)."""
     from server.strategies import build_strategy
 
     fed = cfg.federated
@@ -175,7 +179,8 @@ def build_instrumented(cfg: Config, name: str, log: Callable[[dict], None],
                            min_available_nodes=fed.num_clients)
     return Instrumented(inner, log, system=name, base_lr=lr, lr_decay=fed.lr_decay,
                         local_steps=fed.local_steps, run_config=dumps(cfg), seed=cfg.seed,
-                        max_failure_fraction=fed.max_failure_fraction, lora_factors=lora_factors)
+                        max_failure_fraction=fed.max_failure_fraction, lora_factors=lora_factors,
+                        partitions=partitions)
 
 
 def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:

@@ -80,14 +80,14 @@ def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
         check_methods(bundle.model, cfg, cfg.centralized.methods)
     run = RunDir.create(out, cfg, "centralized", resume=resume)
     data = ExperimentData.load(cfg)
-    cells = [(m, meth, t) for m in cfg.centralized.models for meth in cfg.centralized.methods
-             for t in cfg.data.downstream]
+    tasks = cfg.centralized.tasks or cfg.data.downstream
+    cells = [(m, meth, t) for m in cfg.centralized.models for meth in cfg.centralized.methods for t in tasks]
     print(f"centralized grid: {len(cells)} cells -> {run.path}", flush=True)
     results = []
     for model_name, bundle in bundles.items():
         base = zero_shot(run, cfg, bundle, model_name, data)
         for method in cfg.centralized.methods:
-            for task in cfg.data.downstream:
+            for task in tasks:
                 done = _cell_file(run, model_name, method, task)
                 if done.is_file():
                     results.append(json.loads(done.read_text()))

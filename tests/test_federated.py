@@ -28,7 +28,8 @@ from fedmllm.errors import UserError
 from fedmllm.experiment import ExperimentData, derive_seed
 from fedmllm.federated import protocol as P
 from fedmllm.federated.runtime import build_partition, client_runtime
-from fedmllm.federated.sequential import initial_global_state, run_sequential_fedavg
+from fedmllm.federated.sequential import (
+    initial_global_state, run_sequential_fedavg, sampled_partitions)
 from fedmllm.training.hooks import scaffold_control_update
 from server.instrument import RoundFailed
 from server.orchestrate import build_instrumented
@@ -54,11 +55,12 @@ def max_diff(a: dict, b: dict) -> float:
 class ProtoGrid(Grid):
     """Delivers instructions to the ClientApp in-process, serialized as on the wire."""
 
-    def __init__(self, num_nodes: int):
-        self.contexts = {NODE_BASE + pid: Context(run_id=1, node_id=NODE_BASE + pid,
-                                                  node_config={"partition-id": pid, "num-partitions": num_nodes},
-                                                  state=RecordDict(), run_config={})
-                         for pid in range(num_nodes)}
+    def __init__(self, num_nodes: int, node_ids=None):
+        node_ids = node_ids or [NODE_BASE + pid for pid in range(num_nodes)]
+        self.contexts = {nid: Context(run_id=1, node_id=nid,
+                                      node_config={"partition-id": pid, "num-partitions": num_nodes},
+                                      state=RecordDict(), run_config={})
+                         for pid, nid in enumerate(node_ids)}
         self._replies: list[Message] = []
         self._count = 0
 
@@ -73,7 +75,7 @@ class ProtoGrid(Grid):
         return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return list(self.contexts)
+        return set(self.contexts)  # as flwr's InMemoryGrid: a set, in no partition order
 
     def deliver(self, msg: Message) -> Message:
         """One instruction through the wire format to the ClientApp and its reply back."""
@@ -83,7 +85,8 @@ class ProtoGrid(Grid):
         try:
             reply = client_app.app(received, self.contexts[received.metadata.dst_node_id])
         except Exception as e:  # noqa: BLE001 - what flwr's vce worker does with a raising app
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=repr(e)),
+            reason = str(type(e)) + ":<'" + str(e) + "'>"  # flwr's vce_api.worker format
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
                             reply_to=received)
         return message_from_proto(message_to_proto(reply))
 
@@ -119,14 +122,15 @@ def x0(cfg):
     return initial_global_state(cfg)
 
 
-def run_flower(cfg, name: str, x0: dict, rounds: int, max_failure_fraction=None):
+def run_flower(cfg, name: str, x0: dict, rounds: int, max_failure_fraction=None, grid=None):
     """``rounds`` rounds of strategy ``name`` (inside Instrumented) over a ProtoGrid."""
     events: list[dict] = []
     strategy = build_instrumented(cfg, name, events.append)
     if max_failure_fraction is not None:  # server-side only: the client config stays the same
         strategy.max_failure_fraction = max_failure_fraction
-    result = strategy.start(grid=ProtoGrid(cfg.federated.num_clients), initial_arrays=ArrayRecord(x0),
-                            num_rounds=rounds, train_config=ConfigRecord({P.SYSTEM: name}))
+    result = strategy.start(grid=grid or ProtoGrid(cfg.federated.num_clients),
+                            initial_arrays=ArrayRecord(x0), num_rounds=rounds,
+                            train_config=ConfigRecord({P.SYSTEM: name}))
     return result.arrays.to_torch_state_dict(), events
 
 
@@ -284,3 +288,33 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         assert err.count("\n") == 1 and err.startswith("fedmllm federated: error: ")
         assert "Traceback" not in err + out
         assert not (tmp_path / key).exists()  # nothing created: rejected before any work
+
+
+def test_every_system_starts_from_the_same_initial_state(cfg, x0):
+    """Regression: ServerRuntime.initial_state used to read the live model, which evaluating a
+    system overwrites, so each strategy/baseline started from the previous system's result."""
+    from fedmllm.federated.runtime import ServerRuntime
+
+    server = ServerRuntime(cfg, ExperimentData())
+    assert max_diff(server.initial_state(), x0) == 0.0
+    server.evaluate({k: v + 1.0 for k, v in x0.items()}, upstream=None)
+    assert max_diff(server.initial_state(), x0) == 0.0
+
+
+def test_client_sampling_depends_on_the_seed_not_on_node_ids(x0):
+    """Regression: Flower samples from the set of node ids, which are random in every simulation,
+    so the same seed trained different partitions in every run. Two grids listing their nodes in
+    opposite partition orders must now train the same partitions, those of the reference."""
+    cfg = tiny("seed=2", "federated.num_clients=3", "federated.clients_per_round=1", "federated.rounds=3")
+    expected = [(r, c) for r in (1, 2, 3) for c in sampled_partitions(cfg, r)]
+    assert len({c for _, c in expected}) > 1  # the sample changes between rounds
+    runs = []
+    for node_ids in ([7000, 7001, 7002], [7102, 7101, 7100]):
+        final, events = run_flower(cfg, "fedavg", x0, rounds=3, grid=ProtoGrid(3, node_ids))
+        assert [(e["round"], e["client"]) for e in events if e["event"] == "client_train"] == expected
+        (asked,) = [e for e in events if e["event"] == "node_partitions"]  # asked once, round 1
+        assert (asked["asked"], asked["known"]) == (3, 3)
+        runs.append(final)
+    reference, history = run_sequential_fedavg(cfg, initial_state=x0)
+    assert [(h["round"], c) for h in history for c in h["clients"]] == expected
+    assert max_diff(runs[0], runs[1]) == 0.0 and max_diff(runs[0], reference) <= TOL

@@ -22,6 +22,12 @@ from fedmllm.experiment import ExperimentData, derive_seed, score
 _RUNTIMES: dict[str, "ClientRuntime"] = {}
 
 
+def sampling_seed(seed: int, server_round: int) -> int:
+    """The seed of the ``random`` module when the server samples a round's clients (Flower's
+    strategies sample with ``random.sample`` over the nodes, listed in partition order)."""
+    return seed * 1_000_003 + server_round
+
+
 def config_key(cfg_toml: str) -> str:
     return hashlib.sha256(cfg_toml.encode()).hexdigest()[:16]
 
@@ -145,6 +151,9 @@ class ServerRuntime:
         import copy
 
         self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method, options)
+        # Kept apart: `evaluate` loads other states into self.model, and every system (each
+        # strategy, pooled, each local client) must start from this same state.
+        self._initial = self.method.get_state(self.model)
         self.data = data
         self.upstream_sets = {
             "full": data.upstream,
@@ -152,7 +161,8 @@ class ServerRuntime:
         }
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        return self.method.get_state(self.model)
+        """The method's state right after it was applied (a fresh copy each call)."""
+        return {k: v.clone() for k, v in self._initial.items()}
 
     def evaluate(self, state: dict[str, torch.Tensor], upstream: Optional[str]) -> dict[str, dict[str, float]]:
         """Downstream scores and, for ``upstream`` = "small" (the per-round subsample) or "full",

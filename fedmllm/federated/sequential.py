@@ -11,6 +11,7 @@ and the overhead benchmark can time the same work with and without Flower.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Optional, Sequence
 
@@ -18,7 +19,7 @@ import torch
 
 from fedmllm.config import Config, dumps, method_options
 from fedmllm.federated.aggregate import weighted_average
-from fedmllm.federated.runtime import ClientRuntime, client_runtime
+from fedmllm.federated.runtime import ClientRuntime, client_runtime, sampling_seed
 
 
 def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
@@ -28,12 +29,11 @@ def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
                           ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """FedAvg of ``cfg``'s clients for ``rounds`` rounds (default ``federated.rounds``).
 
-    ``clients``: the partition ids that train every round (default: all ``federated.num_clients``,
-    i.e. ``clients_per_round = 0``; Flower's random sampling is not reproduced here).
+    ``clients``: the partition ids that train every round (default: the ones the simulation
+    samples, `sampled_partitions`: all of them when ``clients_per_round`` is 0).
     ``runtime``: a `ClientRuntime` to reuse (default: the process-wide cached one for ``cfg``,
     the same object the ClientApp uses in this process). ``initial_state``: the round-1 global
-    state (default: the runtime's method state right after the method was applied, which is the
-    server's initial state: both apply the method to the same seeded base).
+    state (default: `initial_global_state`, the server's initial state).
 
     Returns ``(final_state, history)``: the global state after the last round (float tensors of
     the state's dtype) and one dict per round with ``round``, ``lr``, ``clients``,
@@ -43,8 +43,8 @@ def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
     fed = cfg.federated
     rounds = fed.rounds if rounds is None else int(rounds)
     rt = runtime if runtime is not None else client_runtime(dumps(cfg))
-    ids = sorted(range(fed.num_clients) if clients is None else {int(c) for c in clients})
-    if not ids:
+    fixed = None if clients is None else sorted({int(c) for c in clients})
+    if fixed == []:
         raise ValueError("run_sequential_fedavg: no clients")
     state = initial_state if initial_state is not None else initial_global_state(rt.cfg)
     _, base_lr = method_options(cfg, fed.method)
@@ -52,6 +52,7 @@ def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
     for server_round in range(1, rounds + 1):
         t0 = time.perf_counter()
         lr = base_lr * fed.lr_decay ** (server_round - 1)
+        ids = fixed if fixed is not None else sampled_partitions(cfg, server_round)
         results = [rt.train(pid, state, server_round, lr=lr, steps=fed.local_steps) for pid in ids]
         avg = weighted_average([r.state for r in results], [r.num_examples for r in results])
         state = {k: torch.from_numpy(v) for k, v in avg.items()}
@@ -63,6 +64,20 @@ def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
             "seconds": time.perf_counter() - t0,
         })
     return state, history
+
+
+def sampled_partitions(cfg: Config, server_round: int) -> list[int]:
+    """The partitions the simulation trains in ``server_round``, sorted.
+
+    As `server.instrument.Instrumented` and Flower's FedAvg sample: ``random`` seeded with
+    `sampling_seed`, then ``random.sample`` of ``clients_per_round`` nodes listed in partition
+    order (flwr ``strategy_utils.sample_nodes``); all partitions when ``clients_per_round`` is 0.
+    """
+    fed = cfg.federated
+    if not fed.clients_per_round or fed.clients_per_round >= fed.num_clients:
+        return list(range(fed.num_clients))
+    rng = random.Random(sampling_seed(cfg.seed, server_round))
+    return sorted(rng.sample(range(fed.num_clients), fed.clients_per_round))
 
 
 def initial_global_state(cfg: Config) -> dict[str, torch.Tensor]:

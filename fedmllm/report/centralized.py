@@ -76,6 +76,17 @@ def rankings(cells: list[dict], model: str) -> str:
     return "\n".join(out)
 
 
+def forgetting_table(cells: list[dict], model: str) -> str:
+    """Where the forgetting happens: mean change per upstream task (over downstream tasks)."""
+    cells = [c for c in cells if c["model"] == model]
+    ups = list(dict.fromkeys(k[3:] for c in cells for k in c if k.startswith("dF/")))
+    lines = ["| method | " + " | ".join(ups) + " |", "|" + "---|" * (len(ups) + 1)]
+    for m in _method_order(cells):
+        rows = [c for c in cells if c["method"] == m]
+        lines.append(f"| {m} | " + " | ".join(f"{_mean([c['dF/' + u] for c in rows]):+.1f}" for u in ups) + " |")
+    return "\n".join(lines)
+
+
 def tradeoff_plot(cells: list[dict], model: str, path: Path) -> None:
     """E (y) against F (x) per method; one marker shape per dataset; the ideal corner marked."""
     cells = [c for c in cells if c["model"] == model]
@@ -139,7 +150,9 @@ def build_centralized_report(run_dir: Path) -> Path:
         if zs.is_file():
             base = json.loads(zs.read_text())["scores"]
             parts.append(f"## {model}\n\nZero-shot base scores: " + ", ".join(f"{t} {s:.1f}" for t, s in base.items()) + "\n")
-        parts += [paper_table(cells, model), "", "### Rankings", rankings(cells, model), ""]
+        parts += [paper_table(cells, model), "", "### Rankings", rankings(cells, model), "",
+                  "### Forgetting per upstream task (mean over downstream tasks; CIDEr-D tasks are × 100)",
+                  forgetting_table(cells, model), ""]
         safe = model.replace("/", "__")
         tradeoff_plot(cells, model, plots / ("tradeoff.png" if len(models) == 1 else f"tradeoff_{safe}.png"))
         parts.append(f"![trade-off](plots/{'tradeoff.png' if len(models) == 1 else f'tradeoff_{safe}.png'})\n")

@@ -24,8 +24,17 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIDES: tuple[str, ...] = ("left", "right")
-SLOT_X = {"left": 16, "right": 48}
-
+QUADRANTS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
+# slot -> (centre x, centre y, position jitter, (min, max) size); objects stay >= 24 px.
+SLOTS: dict[str, tuple[int, int, int, tuple[int, int]]] = {
+    "centre": (32, 32, 4, (32, 40)),
+    "left": (16, 32, 2, (24, 28)),
+    "right": (48, 32, 2, (24, 28)),
+    "top left": (16, 16, 2, (24, 28)),
+    "top right": (48, 16, 2, (24, 28)),
+    "bottom left": (16, 48, 2, (24, 28)),
+    "bottom right": (48, 48, 2, (24, 28)),
+}
 
 def jitter_color(rng: random.Random, rgb: tuple[int, int, int], k: int = 12) -> tuple[int, int, int]:
     return tuple(min(255, max(0, c + rng.randint(-k, k))) for c in rgb)  # type: ignore[return-value]
@@ -51,17 +60,14 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size
 
 
 def shape_scene(rng: random.Random, objects: list[tuple[str, str, str]]) -> Image.Image:
-    """Upstream scene: ``objects`` as (colour, shape, slot), slot in left/right/centre."""
+    """Upstream scene: ``objects`` as (colour, shape, slot), slot a key of `SLOTS`."""
     image = light_canvas(rng)
     draw = ImageDraw.Draw(image)
     for color, shape, slot in objects:
-        if slot == "centre":
-            cx, cy, size = 32 + rng.randint(-4, 4), 32 + rng.randint(-4, 4), rng.randint(32, 40)
-        else:
-            cx, cy, size = SLOT_X[slot] + rng.randint(-2, 2), 32 + rng.randint(-8, 8), rng.randint(24, 28)
-        draw_shape(draw, shape, cx, cy, size, jitter_color(rng, COLORS[color]))
+        x, y, k, (lo, hi) = SLOTS[slot]
+        draw_shape(draw, shape, x + rng.randint(-k, k), y + rng.randint(-k, k), rng.randint(lo, hi),
+                   jitter_color(rng, COLORS[color]))
     return image
-
 
 def two_objects(rng: random.Random) -> list[tuple[str, str, str]]:
     """Two objects left and right with different colours and different shapes."""

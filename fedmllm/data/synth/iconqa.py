@@ -21,7 +21,7 @@ from fedmllm.data.synth.draw import SIZE, jitter_color
 NAME = "synth-iconqa"
 ICONS = {"star": "stars", "heart": "hearts", "diamond": "diamonds", "cross": "crosses"}
 COUNTS = ("1", "2", "3", "4", "5")
-BACKGROUNDS = ((175, 225, 195), (200, 185, 240), (245, 200, 165))
+BACKGROUNDS = ((160, 225, 185), (195, 170, 240), (250, 190, 145))
 INKS = ((30, 40, 110), (120, 25, 45), (20, 90, 70))
 TEMPLATES = {
     "count": "how many {plural} are there?",
@@ -56,8 +56,8 @@ def icon_image(rng: random.Random, icon: str, count: int) -> Image.Image:
     draw = ImageDraw.Draw(image)
     frame = jitter_color(rng, (255, 255, 255), 10)
     for k in range(0, SIZE + 1, 16):  # a worksheet-like frame, one cell per 16 px patch
-        draw.line([(k, 0), (k, SIZE)], fill=frame)
-        draw.line([(0, k), (SIZE, k)], fill=frame)
+        draw.line([(k, 0), (k, SIZE)], fill=frame, width=2)
+        draw.line([(0, k), (SIZE, k)], fill=frame, width=2)
     ink = jitter_color(rng, rng.choice(INKS), 10)
     for cell in rng.sample(range(16), count):
         cx = 16 * (cell % 4) + 8 + rng.randint(-1, 1)

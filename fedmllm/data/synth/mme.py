@@ -2,7 +2,8 @@
 
 MME asks two yes/no questions per image, one answered "yes" and one "no", scored per category by
 accuracy and acc+ (both questions of an image right). The twin's categories are existence, count,
-position and color. Samples ``2k`` and ``2k+1`` share one image and the pair id ``meta["pair"]``.
+position and color, asked about one big shape (two for count). Samples ``2k`` and ``2k+1``
+share one image and the pair id ``meta["pair"]``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ TEMPLATES = {
     "existence": "is there a {shape} in the image?",
     "count1": "is there only one shape in the image?",
     "count2": "are there two shapes in the image?",
-    "position": "is the {shape} on the {side}?",
+    "position": "is the shape on the {side}?",
     "color": "is the shape {color}?",
 }
 VOCAB = [text for t in TEMPLATES.values()
@@ -31,28 +32,28 @@ VOCAB = [text for t in TEMPLATES.values()
 
 
 def build_pair(rng: random.Random) -> tuple[str, Image.Image, str, str]:
-    """(category, image, yes-question, no-question) for one image."""
+    """(category, image, yes-question, no-question) for one image.
+
+    Only "count" shows two objects: questions that must bind a word to one of two objects stayed
+    near chance for the ~1M-parameter model, single-object questions were learnt.
+    """
     category = rng.choice(CATEGORIES)
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    objects = [(color, shape, "centre")]
     if category == "existence":
-        objects = two_objects(rng)[: rng.randint(1, 2)]
-        present = [s for _, s, _ in objects]
-        shape_yes, shape_no = rng.choice(present), rng.choice([s for s in SHAPES if s not in present])
-        q_yes, q_no = (TEMPLATES["existence"].format(shape=s) for s in (shape_yes, shape_no))
+        q_yes = TEMPLATES["existence"].format(shape=shape)
+        q_no = TEMPLATES["existence"].format(shape=pick_other(rng, SHAPES, shape))
     elif category == "count":
-        objects = two_objects(rng)
         if rng.random() < 0.5:
-            objects = [(objects[0][0], objects[0][1], "centre")]
-        q_yes, q_no = TEMPLATES["count1"], TEMPLATES["count2"]
-        if len(objects) == 2:
-            q_yes, q_no = q_no, q_yes
+            objects, (q_yes, q_no) = two_objects(rng), (TEMPLATES["count2"], TEMPLATES["count1"])
+        else:
+            q_yes, q_no = TEMPLATES["count1"], TEMPLATES["count2"]
     elif category == "position":
-        objects = two_objects(rng)
-        _, shape, side = rng.choice(objects)
-        q_yes = TEMPLATES["position"].format(shape=shape, side=side)
-        q_no = TEMPLATES["position"].format(shape=shape, side=pick_other(rng, SIDES, side))
+        side = rng.choice(SIDES)
+        objects = [(color, shape, side)]
+        q_yes = TEMPLATES["position"].format(side=side)
+        q_no = TEMPLATES["position"].format(side=pick_other(rng, SIDES, side))
     else:
-        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        objects = [(color, shape, "centre")]
         q_yes = TEMPLATES["color"].format(color=color)
         q_no = TEMPLATES["color"].format(color=pick_other(rng, list(COLORS), color))
     return category, shape_scene(rng, objects), q_yes, q_no

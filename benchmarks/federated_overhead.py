@@ -1,0 +1,149 @@
+"""What Flower + Ray add to a round: the federated simulation against the sequential reference.
+
+The same config (tiny-vila, 2 clients, FedAvg, R rounds) runs twice: `run_federated` (Flower's
+Ray simulation backend) and `run_sequential_fedavg` (the same `ClientRuntime.train` calls in a
+loop in this process, no Flower). Local training is calibrated to about 1 s and about 0.1 s per
+client per round. One-off costs are left out on both sides: Ray start, actor imports and model
+builds, zero-shot and final evaluation (federated), runtime build (sequential); round 1 is not
+timed either (the actors build their runtime in it). A federated round's time is the wall time
+between the ends of consecutive rounds (``end_time`` of the ``round`` events in metrics.jsonl:
+sending, Ray dispatch, training, polling, drift, aggregation, the empty client-side evaluate
+phase, logging); the configure-to-aggregate time (``seconds``) is reported beside it.
+
+With one Ray actor (``num_cpus_per_client = 2`` on 2 cores) the clients train one after the
+other, as in the reference, so the ratio is pure overhead; two actors (one per core) are reported
+too (they can overlap clients, so their ratio may fall below 1 on an idle machine).
+The LAST line printed is one JSON object with ``ratio_1s``, ``ratio_0.1s`` (median federated
+round / median sequential round, one actor), ``per_round_floor_s`` (median of federated round
+minus its clients' training time, one actor, 0.1 s setting), details and the targets.
+
+    .venv/bin/python benchmarks/federated_overhead.py [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedmllm.config import dumps, load_config
+from fedmllm.federated.runtime import client_runtime
+from fedmllm.federated.sequential import initial_global_state, run_sequential_fedavg
+from fedmllm.runs import read_events
+
+TARGETS = {"ratio_1s": 1.10, "ratio_0.1s": 1.5}
+SETTINGS = {"1s": (1.0, 8), "0.1s": (0.1, 2)}  # target seconds per client per round, batch size
+
+
+def base_overrides(model: str) -> list[str]:
+    ckpt = Path(__file__).resolve().parent.parent / "fedmllm" / "assets" / "checkpoints" / model
+    return [f"model.name={model}", f"model.pretrained={'true' if ckpt.is_dir() else 'false'}",
+            "data.train_n=32", "data.test_n=4", "data.upstream_n=4", "federated.upstream_n=2",
+            "federated.num_clients=2", "federated.strategies=[\"fedavg\"]", "federated.baselines=[]",
+            "federated.partitioner=iid", "federated.eval_every=1000", "federated.upstream_every=1000",
+            "federated.save_every=1000"]
+
+
+def calibrate(overrides: list[str], target_s: float, batch: int) -> tuple[int, float]:
+    """Local steps giving about ``target_s`` of training per client, and the step time measured."""
+    cfg = load_config(None, [*overrides, f"train.batch_size={batch}"])
+    rt, x0 = client_runtime(dumps(cfg)), initial_global_state(cfg)
+    rt.train(0, x0, 1, lr=cfg.train.lr, steps=2)  # warm-up
+    per_step = statistics.median(rt.train(pid, x0, 1, lr=cfg.train.lr, steps=4).seconds / 4
+                                 for pid in (0, 1, 0, 1, 0, 1))
+    return max(1, round(target_s / per_step)), per_step
+
+
+def sequential(cfg) -> dict:
+    _, history = run_sequential_fedavg(cfg)
+    timed = history[1:]
+    return {"round_s": [h["seconds"] for h in timed], "train_s": [sum(h["train_seconds"]) for h in timed]}
+
+
+def federated(cfg, out: Path) -> dict:
+    from simulations.federated import run_federated
+
+    t0 = time.perf_counter()
+    run_federated(cfg, str(out))
+    total = time.perf_counter() - t0
+    events = list(read_events(out))
+    rounds = sorted((e for e in events if e["event"] == "round"), key=lambda e: e["round"])
+    ends = [e["end_time"] for e in rounds]
+    train = {}
+    for e in events:
+        if e["event"] == "client_train":
+            train[e["round"]] = train.get(e["round"], 0.0) + e["seconds"]
+    timed = rounds[1:]
+    return {"round_s": [b - a for a, b in zip(ends, ends[1:])],
+            "configure_to_aggregate_s": [e["seconds"] for e in timed],
+            "train_s": [train[e["round"]] for e in timed], "total_s": total}
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
+    target, batch = SETTINGS[label]
+    steps, per_step = calibrate(overrides, target, batch)
+    opts = [*overrides, f"train.batch_size={batch}", f"federated.local_steps={steps}",
+            f"federated.rounds={rounds}"]
+    print(f"[{label}] batch {batch}, {steps} local steps ({per_step * 1000:.0f} ms/step)", flush=True)
+    cfg = load_config(None, opts)
+    # The machine is shared: interleave seq, fed (1 actor), seq, fed (2 actors), seq and compare
+    # each federated run with the sequential runs on either side of it.
+    seqs, fed = [sequential(cfg)], {}
+    for actors, cpus in (("1_actor", 2), ("2_actors", 1)):
+        fed[actors] = federated(load_config(None, [*opts, f"federated.num_cpus_per_client={cpus}"]),
+                                work / f"{label}-{actors}")
+        seqs.append(sequential(cfg))
+        print(f"[{label}] federated {actors}: median round {med(fed[actors]['round_s']):.3f} s "
+              f"(whole run {fed[actors]['total_s']:.1f} s); sequential "
+              f"{med(seqs[-2]['round_s']):.3f} s before, {med(seqs[-1]['round_s']):.3f} s after", flush=True)
+    around = {"1_actor": seqs[0:2], "2_actors": seqs[1:3]}
+    ref = {k: med([x for s in v for x in s["round_s"]]) for k, v in around.items()}
+    seq = {k: [x for s in seqs for x in s[k]] for k in seqs[0]}
+    one = fed["1_actor"]
+    return {
+        "local_steps": steps, "batch_size": batch, "train_s_per_client": med(seq["train_s"]) / 2,
+        "sequential_round_s": ref,
+        "federated_round_s": {k: med(v["round_s"]) for k, v in fed.items()},
+        "federated_configure_to_aggregate_s": {k: med(v["configure_to_aggregate_s"]) for k, v in fed.items()},
+        "ratio": med(one["round_s"]) / ref["1_actor"],
+        "ratio_2_actors": med(fed["2_actors"]["round_s"]) / ref["2_actors"],
+        # Outside the clients' training: federated (Flower, Ray, drift, ...) vs sequential
+        # (set/get state, averaging): their difference is the overhead, less exposed to load.
+        "floor_s": med([r - t for r, t in zip(one["round_s"], one["train_s"])]),
+        "sequential_outside_training_s": med([r - t for r, t in zip(seq["round_s"], seq["train_s"])]),
+        "startup_and_final_eval_s": {k: v["total_s"] - sum(v["round_s"]) for k, v in fed.items()},
+        "raw": {"sequential": seq, "federated": fed},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per run (round 1 is not timed)")
+    parser.add_argument("--model", default="tiny-vila")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = base_overrides(args.model)
+    with tempfile.TemporaryDirectory(prefix="fedmllm-overhead-") as tmp:
+        results = {label: bench(label, overrides, args.rounds, Path(tmp)) for label in SETTINGS}
+    summary = {
+        "ratio_1s": results["1s"]["ratio"], "ratio_0.1s": results["0.1s"]["ratio"],
+        "per_round_floor_s": results["0.1s"]["floor_s"],
+        "ratio_2_actors_1s": results["1s"]["ratio_2_actors"],
+        "ratio_2_actors_0.1s": results["0.1s"]["ratio_2_actors"],
+        "rounds_timed": args.rounds - 1, "clients": 2, "model": args.model,
+        "details": results, "targets": TARGETS,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The shipped embedded checkpoints reproduce the upstream scores written in their model cards."""
+
+import json
+
+import pytest
+
+from fedmllm.models import checkpoint_dir
+from fedmllm.pretrain import CARD_EVAL_N
+
+MODELS = ["tiny-llava-ov", "tiny-vila"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_card_scores_reproduced(name):
+    from fedmllm.data.suite import load_task
+    from fedmllm.eval import evaluate
+    from fedmllm.models import build_model
+
+    card_file = checkpoint_dir(name) / "card.json"
+    assert card_file.is_file(), f"{name} checkpoint missing: run `fedmllm pretrain`"
+    card = json.loads(card_file.read_text())
+    assert card["eval"]["n_per_task"] == CARD_EVAL_N
+    bundle = build_model(name)  # the shipped weights
+    sets = {t: load_task(t, "test", card["eval"]["n_per_task"], card["eval"]["seed"]) for t in card["upstream_tasks"]}
+    scores = evaluate(bundle.model, bundle.processor, sets, batch_size=64)
+    for task, expected in card["upstream_scores"].items():
+        # Same weights, same samples: only float noise across machines could flip a token.
+        assert scores[task].score == pytest.approx(expected, abs=3.5), task
+    mean = sum(s.score for s in scores.values()) / len(scores)
+    assert mean == pytest.approx(card["upstream_mean"], abs=1.0)
+    # The issue's target (>= 85 % on held-out upstream samples), read on the accuracy-type tasks:
+    # CIDEr-D x 100 is unbounded and would inflate a plain mean.
+    assert card["upstream_mean_accuracy"] >= 85.0, "the embedded base must hold real general knowledge"
