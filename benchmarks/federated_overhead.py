@@ -15,9 +15,12 @@ other, as in the reference, so the ratio is pure overhead; two actors (one per c
 too (they can overlap clients, so their ratio may fall below 1 on an idle machine).
 The LAST line printed is one JSON object with ``ratio_1s``, ``ratio_0.1s`` (median federated
 round / median sequential round, one actor), ``per_round_floor_s`` (median of federated round
-minus its clients' training time, one actor, 0.1 s setting), details and the targets.
+minus its clients' training time, one actor, 0.1 s setting), ``overhead_s_*`` (that floor minus
+the sequential round's own time outside training: the absolute cost of Flower + Ray per round,
+less exposed than the ratios to the load of a shared machine), ``latency_s_0.1s`` (where a round
+waits: `LatencyProbe`), details and the targets.
 
-    .venv/bin/python benchmarks/federated_overhead.py [--rounds 6]
+    .venv/bin/python benchmarks/federated_overhead.py [--rounds 8]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 
 from fedmllm.config import dumps, load_config
+from fedmllm.federated import protocol as P
 from fedmllm.federated.runtime import client_runtime
 from fedmllm.federated.sequential import initial_global_state, run_sequential_fedavg
 from fedmllm.runs import read_events
@@ -65,11 +69,56 @@ def sequential(cfg) -> dict:
     return {"round_s": [h["seconds"] for h in timed], "train_s": [sum(h["train_seconds"]) for h in timed]}
 
 
+class LatencyProbe:
+    """Where a train round waits, from the driver's side of Flower's in-memory grid.
+
+    Wraps ``InMemoryGrid.send_and_receive`` (the ServerApp runs in this process) and, from each
+    reply's ``created_at`` (stamped in the actor when the ClientApp returns) and its
+    ``wall-seconds`` metric, splits a round into: ``dispatch`` (push -> first client starts: the
+    Flower extractor's 0.1 s poll, Ray submit), ``between_clients`` (one actor only: a client's
+    end -> the next one's start; negative when actors overlap) and ``return`` (last reply created
+    -> seen by the server: Ray return, Flower's reply queue, the grid's poll). Profiling only.
+    """
+
+    def __init__(self):
+        from flwr.superlink.grid import InMemoryGrid
+
+        self.cls, self.orig, self.rounds = InMemoryGrid, InMemoryGrid.send_and_receive, []
+
+    def __enter__(self):
+        probe = self
+
+        def send_and_receive(grid, messages, *, timeout=None):
+            messages = list(messages)
+            pushed = time.time()
+            replies = probe.orig(grid, messages, timeout=timeout)
+            seen = time.time()
+            ok = sorted((m for m in replies if not m.has_error()), key=lambda m: m.metadata.created_at)
+            if ok and messages[0].metadata.message_type == "train":
+                starts = [m.metadata.created_at - float(m.content[P.METRICS][P.WALL_SECONDS]) for m in ok]
+                probe.rounds.append({
+                    "dispatch": starts[0] - pushed, "return": seen - ok[-1].metadata.created_at,
+                    "between_clients": [b - a.metadata.created_at for a, b in zip(ok, starts[1:])]})
+            return replies
+
+        self.cls.send_and_receive = send_and_receive
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.send_and_receive = self.orig
+
+    def medians(self) -> dict:
+        timed = self.rounds[1:]
+        return {"dispatch": med([r["dispatch"] for r in timed]), "return": med([r["return"] for r in timed]),
+                "between_clients": med([x for r in timed for x in r["between_clients"]])}
+
+
 def federated(cfg, out: Path) -> dict:
     from simulations.federated import run_federated
 
     t0 = time.perf_counter()
-    run_federated(cfg, str(out))
+    with LatencyProbe() as probe:
+        run_federated(cfg, str(out))
     total = time.perf_counter() - t0
     events = list(read_events(out))
     rounds = sorted((e for e in events if e["event"] == "round"), key=lambda e: e["round"])
@@ -81,7 +130,8 @@ def federated(cfg, out: Path) -> dict:
     timed = rounds[1:]
     return {"round_s": [b - a for a, b in zip(ends, ends[1:])],
             "configure_to_aggregate_s": [e["seconds"] for e in timed],
-            "train_s": [train[e["round"]] for e in timed], "total_s": total}
+            "train_s": [train[e["round"]] for e in timed], "total_s": total,
+            "latency_s": probe.medians()}
 
 
 def med(values: list[float]) -> float:
@@ -120,6 +170,9 @@ def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
         # (set/get state, averaging): their difference is the overhead, less exposed to load.
         "floor_s": med([r - t for r, t in zip(one["round_s"], one["train_s"])]),
         "sequential_outside_training_s": med([r - t for r, t in zip(seq["round_s"], seq["train_s"])]),
+        "overhead_s": med([r - t for r, t in zip(one["round_s"], one["train_s"])])
+        - med([r - t for r, t in zip(seq["round_s"], seq["train_s"])]),
+        "latency_s": {k: v["latency_s"] for k, v in fed.items()},
         "startup_and_final_eval_s": {k: v["total_s"] - sum(v["round_s"]) for k, v in fed.items()},
         "raw": {"sequential": seq, "federated": fed},
     }
@@ -127,7 +180,7 @@ def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per run (round 1 is not timed)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per run (round 1 is not timed)")
     parser.add_argument("--model", default="tiny-vila")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -137,6 +190,8 @@ def main() -> None:
     summary = {
         "ratio_1s": results["1s"]["ratio"], "ratio_0.1s": results["0.1s"]["ratio"],
         "per_round_floor_s": results["0.1s"]["floor_s"],
+        "overhead_s_1s": results["1s"]["overhead_s"], "overhead_s_0.1s": results["0.1s"]["overhead_s"],
+        "latency_s_0.1s": results["0.1s"]["latency_s"]["1_actor"],
         "ratio_2_actors_1s": results["1s"]["ratio_2_actors"],
         "ratio_2_actors_0.1s": results["0.1s"]["ratio_2_actors"],
         "rounds_timed": args.rounds - 1, "clients": 2, "model": args.model,

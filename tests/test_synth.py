@@ -48,7 +48,8 @@ def timed_train(name: str) -> tuple[float, list]:
 
 def digest(sample) -> str:
     """Hash of everything a sample shows the model: image pixels and all text."""
-    text = json.dumps([sample.question, sample.answers, sample.choices, sample.meta], sort_keys=True)
+    text = json.dumps([sample.question, sample.answers, sample.choices, sample.meta],
+                      sort_keys=True)
     return hashlib.sha256(sample.images[0].tobytes() + text.encode()).hexdigest()
 
 
@@ -209,6 +210,20 @@ def test_twins_reject_bad_requests(name):
     with pytest.raises(UserError):
         task.load("validation", n=2)
     assert task.load("train", n=0) == []
+
+
+def test_scienceqa_shuffle_choices_option_moves_the_letter_not_the_content():
+    task = TASKS.get("synth-scienceqa")
+    plain = task.load("train", n=200, seed=0)
+    mixed = task.load("train", n=200, seed=0, shuffle_choices=True)
+    assert task.load("train", n=200, seed=0, shuffle_choices=True)[7].choices == mixed[7].choices
+    for a, b in zip(plain, mixed):
+        assert a.images[0].tobytes() == b.images[0].tobytes() and a.meta == b.meta
+        assert sorted(a.choices) == sorted(b.choices)
+        assert b.answers == [LETTERS[b.choices.index(b.meta["label"])]]
+    assert sum(a.choices != b.choices for a, b in zip(plain, mixed)) > 50
+    assert all(s.choices in (["left", "right"], ["left", "middle", "right"], ["attract", "repel"])
+               for s in plain)
 
 
 def test_easyvqa_uses_the_package_splits():

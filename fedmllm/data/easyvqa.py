@@ -47,12 +47,14 @@ def load(split: str = "test", n: Optional[int] = None, seed: int = 0,
          source: Optional[str] = None, **options: Any) -> list[Sample]:
     """``n`` questions of the package's ``split`` in a seed-determined order."""
     if source is not None or options:
-        raise UserError(f"task {NAME!r} reads the installed easy-vqa package; it takes no source or options")
+        raise UserError(f"task {NAME!r} reads the installed easy-vqa package; "
+                        "it takes no source or options")
     texts, answers, ids, paths = _split(split)
     total = len(texts)
     count = total if n is None else n
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= total:
-        raise UserError(f"task {NAME!r} {split} has {total} questions; n must be 0..{total}, got {n!r}")
+        raise UserError(f"task {NAME!r} {split} has {total} questions; "
+                        f"n must be 0..{total}, got {n!r}")
     order = list(range(total))
     random.Random(f"{NAME}/{split}/{seed}").shuffle(order)  # str seeds hash with SHA-512: stable
     images: dict[int, Image.Image] = {}

@@ -210,3 +210,29 @@ def majority(answers: Sequence[str]) -> str:
 def short_answer_prompt(sample: Sample) -> str:
     """Open VQA prompt (LLaVA / lmms-eval convention): the question, then a one-phrase request."""
     return f"{sample.question}\n{SHORT_ANSWER}"
+
+
+def caption_loader(name: str, repo: str, source_split: str, id_column: str, captions_column: str):
+    """The loader of a carved captioning set (Flickr30k, COCO-Caption): one image, the caption
+    instruction as question, the reference captions as answers, ``meta["label"] = "caption"``."""
+    carve_ids = carve  # inside `load` the loader's `carve` flag shadows the function
+
+    def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
+             hub_org: Optional[str] = None, carve: bool = True, **options: Any) -> list[Sample]:
+        check_options(name, options, HUB_OPTIONS)
+        src = resolve_source(source, repo, hub_org)
+        table = load_table(name, src, source_split, **options)
+        require_columns(name, src, table, ("image", captions_column, id_column))
+        ids = [str(x) for x in table[id_column]]
+        picked = subsample(carve_ids(name, ids, split, carve), n, seed)
+        samples = []
+        for i, row in zip(picked, rows(table, picked)):
+            image = to_rgb(row["image"], name, f"{src} image {ids[i]}")
+            samples.append(Sample(uid=make_uid(name, split, ids[i]), task=name, images=[image],
+                                  question=CAPTION_PROMPT,
+                                  answers=[str(x).strip() for x in row[captions_column]],
+                                  meta={"label": "caption"}))
+        return samples
+
+    load.__doc__ = f"Load the carved {name} ``split`` as normalized samples (see the module docstring)."
+    return load

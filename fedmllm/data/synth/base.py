@@ -38,16 +38,19 @@ def stable_rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def check_request(name: str, n: Optional[int], source: Optional[str], options: dict) -> int:
-    """Validate a twin's loader arguments; returns ``n``."""
+def check_request(name: str, n: Optional[int], source: Optional[str], options: dict,
+                  allowed: tuple[str, ...] = ()) -> int:
+    """Validate a twin's loader arguments (``allowed``: option names it takes); returns ``n``."""
     if n is None:
         raise UserError(f"task {name!r} is synthetic: give the number of samples n (e.g. n=512)")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise UserError(f"task {name!r}: n must be a non-negative integer, got {n!r}")
     if source is not None:
         raise UserError(f"task {name!r} is synthetic and takes no source (got {source!r})")
-    if options:
-        raise UserError(f"task {name!r} takes no options; got {', '.join(sorted(options))}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) or "none"
+        raise UserError(f"task {name!r}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
     return n
 
 
@@ -65,13 +68,16 @@ def to_sample(name: str, split: str, seed: int, i: int, item: Item) -> Sample:
     )
 
 
-def twin_loader(name: str, build: Callable[[random.Random], Item]) -> Loader:
-    """A loader whose sample ``i`` is ``build(stable_rng(name, split, seed, i))``."""
+def twin_loader(name: str, build: Callable[..., Item], options: tuple[str, ...] = ()) -> Loader:
+    """A loader whose sample ``i`` is ``build(stable_rng(name, split, seed, i), **options)``.
+
+    ``options`` names the keyword options ``build`` accepts; any other option is a `UserError`.
+    """
 
     def loader(split: str = "test", n: Optional[int] = None, seed: int = 0,
-               source: Optional[str] = None, **options: Any) -> list[Sample]:
-        count = check_request(name, n, source, options)
-        return [to_sample(name, split, seed, i, build(stable_rng(name, split, seed, i)))
+               source: Optional[str] = None, **kwargs: Any) -> list[Sample]:
+        count = check_request(name, n, source, kwargs, options)
+        return [to_sample(name, split, seed, i, build(stable_rng(name, split, seed, i), **kwargs))
                 for i in range(count)]
 
     loader.__doc__ = f"Generate ``n`` samples of the synthetic twin {name!r}."
@@ -84,6 +90,7 @@ def pick_other(rng: random.Random, options: tuple[str, ...] | list[str], exclude
 
 
 def yes_no(flag: bool) -> str:
+    """``"yes"`` or ``"no"``."""
     return "yes" if flag else "no"
 
 
@@ -98,4 +105,5 @@ def expand(template: str, **values: "list[str] | tuple[str, ...]") -> list[str]:
     Used to list every word a twin can emit (for the tokenizer corpus) without the full product.
     """
     longest = max((len(v) for v in values.values()), default=1)
-    return [template.format(**{k: v[i % len(v)] for k, v in values.items()}) for i in range(longest)]
+    return [template.format(**{k: v[i % len(v)] for k, v in values.items()})
+            for i in range(longest)]

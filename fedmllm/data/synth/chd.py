@@ -25,6 +25,7 @@ VOCAB = [*OPEN, *YESNO.values(), " ".join(DIAGNOSES), "yes no"]
 
 
 def xray(rng: random.Random, diagnosis: str) -> Image.Image:
+    """A noisy grayscale chest x-ray whose heart shows ``diagnosis``."""
     def j(v: float, k: int = 2) -> float:
         return v + rng.randint(-k, k)
 
@@ -46,6 +47,7 @@ def xray(rng: random.Random, diagnosis: str) -> Image.Image:
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     if rng.random() < 0.5:
         diagnosis = rng.choice(DIAGNOSES)
         return Item(image=xray(rng, diagnosis), question=rng.choice(OPEN), answers=[diagnosis],
@@ -62,7 +64,7 @@ TASK = register_task(Task(
     role="downstream",
     metric="exact_match",
     loader=twin_loader(NAME, build),
-    description="Synthetic CHD: grayscale chest x-ray; 4 diagnoses from heart size/position/defect.",
+    description="Synthetic CHD: grayscale chest x-ray, 4 diagnoses (heart size, side, defect).",
     max_new_tokens=4,
     twin_of="chd",
 ))

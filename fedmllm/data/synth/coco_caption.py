@@ -28,6 +28,7 @@ VOCAB = [QUESTION] + [text for p in PARAPHRASES
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     (c1, s1), (c2, s2) = [(rng.choice(list(COLORS)), rng.choice(SHAPES)) for _ in range(2)]
     objects = [(c1, s1, "left"), (c2, s2, "right")]
     captions = [p.format(a=f"{c1} {s1}", b=f"{c2} {s2}") for p in PARAPHRASES]

@@ -36,8 +36,13 @@ SLOTS: dict[str, tuple[int, int, int, tuple[int, int]]] = {
     "bottom right": (48, 48, 2, (24, 28)),
 }
 
-def jitter_color(rng: random.Random, rgb: tuple[int, int, int], k: int = 12) -> tuple[int, int, int]:
-    return tuple(min(255, max(0, c + rng.randint(-k, k))) for c in rgb)  # type: ignore[return-value]
+RGB = tuple[int, int, int]
+
+
+def jitter_color(rng: random.Random, rgb: RGB, k: int = 12) -> RGB:
+    """``rgb`` with each channel moved by up to ``k``."""
+    r, g, b = (min(255, max(0, c + rng.randint(-k, k))) for c in rgb)
+    return r, g, b
 
 
 def light_canvas(rng: random.Random) -> Image.Image:

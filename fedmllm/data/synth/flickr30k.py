@@ -42,6 +42,7 @@ def person(draw: ImageDraw.ImageDraw, x: float, ground: float, ink) -> None:
 
 
 def dog(draw: ImageDraw.ImageDraw, x: float, ground: float, ink) -> None:
+    """A blocky side-view dog (about 16 px tall) standing on ``ground``."""
     draw.rectangle([x - 8, ground - 11, x + 6, ground - 5], fill=ink)
     draw.rectangle([x + 4, ground - 16, x + 10, ground - 9], fill=ink)
     for lx in (x - 7, x - 4, x + 1, x + 4):
@@ -49,28 +50,31 @@ def dog(draw: ImageDraw.ImageDraw, x: float, ground: float, ink) -> None:
     draw.line([(x - 8, ground - 10), (x - 12, ground - 15)], fill=ink, width=2)
 
 
-def thing(draw: ImageDraw.ImageDraw, name: str, x: float, ground: float, rng: random.Random) -> None:
+def thing(draw: ImageDraw.ImageDraw, name: str, x: float, g: float, rng: random.Random) -> None:
+    """A tree, a house or a car standing on the ground line ``g``."""
     if name == "a tree":
-        draw.rectangle([x - 2, ground - 14, x + 2, ground], fill=(110, 70, 30))
-        draw.ellipse([x - 10, ground - 32, x + 10, ground - 12], fill=jitter_color(rng, (30, 130, 40)))
+        draw.rectangle([x - 2, g - 14, x + 2, g], fill=(110, 70, 30))
+        draw.ellipse([x - 10, g - 32, x + 10, g - 12], fill=jitter_color(rng, (30, 130, 40)))
     elif name == "a house":
-        draw.rectangle([x - 10, ground - 16, x + 10, ground], fill=jitter_color(rng, (230, 210, 170)))
-        draw.polygon([(x - 13, ground - 16), (x + 13, ground - 16), (x, ground - 28)], fill=(150, 40, 30))
-        draw.rectangle([x - 3, ground - 9, x + 3, ground], fill=(90, 60, 40))
+        draw.rectangle([x - 10, g - 16, x + 10, g], fill=jitter_color(rng, (230, 210, 170)))
+        draw.polygon([(x - 13, g - 16), (x + 13, g - 16), (x, g - 28)], fill=(150, 40, 30))
+        draw.rectangle([x - 3, g - 9, x + 3, g], fill=(90, 60, 40))
     else:
         body = jitter_color(rng, rng.choice(((200, 30, 30), (30, 60, 190), (240, 240, 240))))
-        draw.rectangle([x - 12, ground - 12, x + 12, ground - 4], fill=body)
-        draw.rectangle([x - 6, ground - 18, x + 6, ground - 12], fill=body)
+        draw.rectangle([x - 12, g - 12, x + 12, g - 4], fill=body)
+        draw.rectangle([x - 6, g - 18, x + 6, g - 12], fill=body)
         for wx in (x - 7, x + 7):
-            draw.ellipse([wx - 4, ground - 8, wx + 4, ground], fill=(20, 20, 20))
+            draw.ellipse([wx - 4, g - 8, wx + 4, g], fill=(20, 20, 20))
 
 
 def scene(rng: random.Random, subject: str, name: str, time: str) -> Image.Image:
+    """Sky, grass, sun or moon, the subject on one side and the thing on the other."""
     day = time == "day"
-    image = Image.new("RGB", (SIZE, SIZE), jitter_color(rng, (135, 195, 240) if day else (15, 20, 60), 8))
+    sky, grass = ((135, 195, 240), (70, 150, 60)) if day else ((15, 20, 60), (25, 60, 30))
+    image = Image.new("RGB", (SIZE, SIZE), jitter_color(rng, sky, 8))
     draw = ImageDraw.Draw(image)
     ground = 50 + rng.randint(-2, 2)
-    draw.rectangle([0, ground, SIZE, SIZE], fill=jitter_color(rng, (70, 150, 60) if day else (25, 60, 30), 8))
+    draw.rectangle([0, ground, SIZE, SIZE], fill=jitter_color(rng, grass, 8))
     sx = rng.choice((10, 54))
     if day:
         draw.ellipse([sx - 7, 3, sx + 7, 17], fill=(250, 215, 40))
@@ -90,6 +94,7 @@ def scene(rng: random.Random, subject: str, name: str, time: str) -> Image.Image
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     subject, name, time = rng.choice(SUBJECTS), rng.choice(THINGS), rng.choice(list(TIMES))
     when, when2 = TIMES[time]
     captions = [p.format(s=subject, t=name, w=when, w2=when2) for p in PARAPHRASES]

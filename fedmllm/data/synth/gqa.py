@@ -30,6 +30,7 @@ VOCAB = [text for t in TEMPLATES.values() for text in expand(t, color=list(COLOR
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     color, shape, quadrant = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(QUADRANTS)
     qtype = rng.choice(("color", "shape", "position", "verify"))
     template, asked = qtype, color

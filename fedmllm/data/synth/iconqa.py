@@ -35,16 +35,17 @@ VOCAB = expand(TEMPLATES["count"], plural=list(ICONS.values())) + [
 def draw_icon(draw: ImageDraw.ImageDraw, icon: str, cx: float, cy: float, r: float, fill) -> None:
     """A star, heart, diamond or cross of radius ``r`` centred at (cx, cy)."""
     if icon == "star":
-        points = [(cx + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
-                   cy - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(10)]
-        draw.polygon(points, fill=fill)
+        radii = [r if k % 2 == 0 else r * 0.45 for k in range(10)]
+        draw.polygon([(cx + rk * math.sin(k * math.pi / 5), cy - rk * math.cos(k * math.pi / 5))
+                      for k, rk in enumerate(radii)], fill=fill)
     elif icon == "heart":
         h = r / 2
         draw.ellipse([cx - r, cy - r, cx, cy], fill=fill)
         draw.ellipse([cx, cy - r, cx + r, cy], fill=fill)
         draw.polygon([(cx - r, cy - h), (cx + r, cy - h), (cx, cy + r)], fill=fill)
     elif icon == "diamond":
-        draw.polygon([(cx, cy - r), (cx + r * 0.7, cy), (cx, cy + r), (cx - r * 0.7, cy)], fill=fill)
+        w = r * 0.7
+        draw.polygon([(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)], fill=fill)
     else:
         w = r / 3
         draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
@@ -52,6 +53,7 @@ def draw_icon(draw: ImageDraw.ImageDraw, icon: str, cx: float, cy: float, r: flo
 
 
 def icon_image(rng: random.Random, icon: str, count: int) -> Image.Image:
+    """``count`` icons in distinct cells of a framed 4x4 pastel worksheet."""
     image = Image.new("RGB", (SIZE, SIZE), jitter_color(rng, rng.choice(BACKGROUNDS), 8))
     draw = ImageDraw.Draw(image)
     frame = jitter_color(rng, (255, 255, 255), 10)
@@ -67,6 +69,7 @@ def icon_image(rng: random.Random, icon: str, count: int) -> Image.Image:
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     icon = rng.choice(list(ICONS))
     if rng.random() < 0.5:
         count = rng.choice(COUNTS)

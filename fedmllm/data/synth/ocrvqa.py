@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from fedmllm.data.record import Task
 from fedmllm.data.registry import register_task
@@ -28,7 +28,7 @@ VOCAB = [text for t in TEMPLATES.values() for text in expand(t, genre=list(GENRE
     " ".join(TITLES), "yes no"]
 
 
-def cover_image(rng: random.Random, title: str, genre: str):
+def cover_image(rng: random.Random, title: str, genre: str) -> Image.Image:
     """A cover in the genre's colour, with a white title band and a dark spine."""
     image = light_canvas(rng)
     draw = ImageDraw.Draw(image)
@@ -43,6 +43,7 @@ def cover_image(rng: random.Random, title: str, genre: str):
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     title, genre = rng.choice(TITLES), rng.choice(list(GENRES))
     qtype = rng.choice(("title", "genre", "genre_yesno"))
     asked = genre

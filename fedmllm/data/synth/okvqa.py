@@ -37,6 +37,7 @@ VOCAB = [t for ts in TEMPLATES.values() for t in ts] + [
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     qtype = rng.choice(("fruit", "object"))
     canon, alts = FRUIT[color] if qtype == "fruit" else THING[shape]

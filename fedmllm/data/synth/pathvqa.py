@@ -33,6 +33,7 @@ VOCAB = [*OPEN, *YESNO.values(), " ".join(FINDINGS), "yes no"]
 
 
 def tissue(rng: random.Random, finding: str) -> Image.Image:
+    """A noisy stained-tissue texture showing ``finding``."""
     stroma, nucleus, (n_lo, n_hi), (r_lo, r_hi) = STYLE[finding]
     image = Image.new("RGB", (SIZE, SIZE), jitter_color(rng, stroma, 8))
     draw = ImageDraw.Draw(image)
@@ -44,6 +45,7 @@ def tissue(rng: random.Random, finding: str) -> Image.Image:
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     asked = rng.choice(FINDINGS)
     if rng.random() < 0.5:
         return Item(image=tissue(rng, asked), question=rng.choice(OPEN), answers=[asked],

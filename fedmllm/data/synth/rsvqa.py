@@ -2,7 +2,10 @@
 
 RSVQA-LR asks presence, comparison, count and rural/urban questions about Sentinel-2 tiles, scored
 by exact match. The twin is a 4x4 grid of 16 px land-cover tiles (water, forest, farmland,
-residential) with noise and texture, aligned with the model's 16 px patches.
+residential) with noise and texture, aligned with the model's 16 px patches. Presence questions
+name any cover; count (water tiles, 0-4) and comparison (water versus forest, counts at least 3
+apart) name fixed covers: with a cover named per question, the ~1M-parameter model stayed at chance
+on both after 300 tuning steps.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ PALETTE = np.array([(40, 85, 165), (35, 110, 45), (185, 160, 95), (135, 135, 140
 COUNTS = ("0", "1", "2", "3", "4")
 TEMPLATES = {
     "presence": "is there any {cover} area?",
-    "count": "how many {cover} areas are there?",
-    "comp": "are there more {cover} areas than {other} areas?",
+    "count": "how many water areas are there?",
+    "comp": "are there more water areas than forest areas?",
     "rural_urban": "is this a rural or an urban area?",
 }
-VOCAB = [text for t in TEMPLATES.values()
-         for text in expand(t, cover=COVERS, other=COVERS[::-1])] + [
+VOCAB = [text for t in TEMPLATES.values() for text in expand(t, cover=COVERS)] + [
     "yes no rural urban " + " ".join(COUNTS)]
 
 
@@ -64,26 +66,29 @@ def fill(rng: random.Random, fixed: dict[int, int]) -> list[int]:
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     qtype = rng.choice(("presence", "count", "comp", "rural_urban"))
-    cover, other = rng.sample(range(len(COVERS)), 2)
+    water, forest, residential = (COVERS.index(c) for c in ("water", "forest", "residential"))
+    cover = rng.randrange(len(COVERS))
     if qtype == "presence":
         truth = rng.random() < 0.5
         grid, answer = fill(rng, {cover: rng.randint(1, 4) if truth else 0}), yes_no(truth)
     elif qtype == "count":
         answer = rng.choice(COUNTS)
-        grid = fill(rng, {cover: int(answer)})
+        grid = fill(rng, {water: int(answer)})
     elif qtype == "comp":
-        a, b = rng.sample(range(6), 2)
-        grid, answer = fill(rng, {cover: a, other: b}), yes_no(a > b)
+        # Counts differ by >= 3 tiles, so the answer is a coarse blue-versus-green judgement.
+        more = rng.random() < 0.5
+        low = rng.randint(0, 4)
+        high = low + rng.randint(3, 5)
+        counts = {water: high, forest: low} if more else {water: low, forest: high}
+        grid, answer = fill(rng, counts), yes_no(more)
     else:
         urban = rng.random() < 0.5
-        residential = COVERS.index("residential")
         grid = fill(rng, {residential: rng.randint(9, 14) if urban else rng.randint(0, 2)})
         answer = "urban" if urban else "rural"
-    question = TEMPLATES[qtype].format(cover=COVERS[cover], other=COVERS[other])
-    return Item(image=render(rng, grid), question=question, answers=[answer], qtype=qtype,
-                label=answer)
-
+    return Item(image=render(rng, grid), question=TEMPLATES[qtype].format(cover=COVERS[cover]),
+                answers=[answer], qtype=qtype, label=answer)
 
 TASK = register_task(Task(
     name=NAME,

@@ -3,8 +3,12 @@
 ScienceQA asks 2-5-option science questions, often about a diagram, scored by option-letter
 accuracy. The twin draws textbook diagrams on grid paper: 2-3 thermometers ("which thermometer
 shows the highest/lowest temperature?", options left/middle/right) or two bar magnets with red N and
-blue S poles ("will these magnets attract or repel each other?"). Options are shuffled per sample;
-the answer is the option letter.
+blue S poles ("will these magnets attract or repel each other?"). The answer is the option letter.
+
+Options come in their natural order (left, middle, right; attract, repel), as in ScienceQA's own
+magnet questions, so the letter follows from the picture: with options shuffled per sample the
+~1M-parameter model stayed at chance after 300 tuning steps (it must then also find the letter of
+the right text). ``shuffle_choices=True`` (a loader option) shuffles them deterministically.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def paper(rng: random.Random) -> Image.Image:
 
 def thermometers(rng: random.Random) -> tuple[Image.Image, str, list[str], str]:
     count = rng.choice((2, 3))
-    levels = rng.sample((8, 18, 28, 38), count)
+    levels = rng.sample((6, 22, 38), count)  # one 16 px patch row apart
     extreme = rng.choice(EXTREMES)
     image = paper(rng)
     draw = ImageDraw.Draw(image)
@@ -77,10 +81,12 @@ def magnets(rng: random.Random) -> tuple[Image.Image, str, list[str], str]:
     return image, TEMPLATES["magnets"], choices, "attract" if attract else "repel"
 
 
-def build(rng: random.Random) -> Item:
+def build(rng: random.Random, shuffle_choices: bool = False) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     qtype = rng.choice(("temperature", "magnets"))
     image, question, choices, correct = (thermometers if qtype == "temperature" else magnets)(rng)
-    rng.shuffle(choices)
+    if shuffle_choices:
+        rng.shuffle(choices)
     return Item(image=image, question=question, answers=[letter_of(choices, correct)],
                 choices=choices, qtype=qtype, label=correct)
 
@@ -89,8 +95,8 @@ TASK = register_task(Task(
     name=NAME,
     role="downstream",
     metric="option_letter",
-    loader=twin_loader(NAME, build),
-    description="Synthetic ScienceQA: thermometer and magnet diagrams, 2-3 shuffled options.",
+    loader=twin_loader(NAME, build, options=("shuffle_choices",)),
+    description="Synthetic ScienceQA: thermometer and magnet diagrams, 2-3 options, letter answer.",
     max_new_tokens=4,
     twin_of="scienceqa",
 ))

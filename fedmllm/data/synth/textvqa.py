@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from fedmllm.data.record import Task
 from fedmllm.data.registry import register_task
@@ -32,7 +32,7 @@ VOCAB = [t for ts in TEMPLATES.values() for t in ts] + [
 ]
 
 
-def sign_image(rng: random.Random, text: str, size: int):
+def sign_image(rng: random.Random, text: str, size: int) -> Image.Image:
     """A light sign board with ``text`` in dark letters, centred with a little jitter."""
     image = light_canvas(rng)
     draw = ImageDraw.Draw(image)
@@ -45,6 +45,7 @@ def sign_image(rng: random.Random, text: str, size: int):
 
 
 def build(rng: random.Random) -> Item:
+    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
     qtype = rng.choice(("word", "number"))
     answer = rng.choice(WORDS if qtype == "word" else DIGITS)
     size = rng.randint(18, 20) if qtype == "word" else rng.randint(32, 36)
