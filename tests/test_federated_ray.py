@@ -2,8 +2,9 @@
 
 Checks the run directory contract (DESIGN.md) and that the Ray run computes what the sequential
 reference computes; then partial participation (reproducible sampling) with fault injection (a
-client that raises every round) within the tolerated failure fraction. Each simulation starts and stops its own Ray (Flower's backend calls
-``ray.shutdown``); the fixture makes sure none is left behind if a run dies.
+client that raises every round) within the tolerated failure fraction. Each simulation starts
+and stops its own Ray (Flower's backend calls ``ray.shutdown``); the fixture makes sure none is
+left behind if a run dies.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def test_ray_run_writes_the_run_directory_and_matches_the_reference(tmp_path):
     fedavg_round = next(e for e in events if e.get("system") == "fedavg" and e["event"] == "round")
     assert scaffold_round["bytes_down"] == 2 * fedavg_round["bytes_down"]  # x and c travel down
     final = load_adapter(run / "adapters" / "fedavg" / "round-002")
-    reference, _ = run_sequential_fedavg(cfg)
+    # Equal client sizes (iid, 24 + 24): Flower's float32 weighted sum and the reference's
+    # float64 one give the same float32 numbers, so two rounds agree (see sequential.py).
+    reference, history = run_sequential_fedavg(cfg)
+    assert history[0]["num_examples"] == [24, 24]
     assert max(float((final[k] - reference[k]).abs().max()) for k in reference) <= 1e-6
     load_adapter(run / "adapters" / "scaffold" / "round-002")
 

@@ -7,6 +7,12 @@ the new global state is the example-weighted mean (`aggregate.weighted_average`,
 2017, Alg. 1). Replies are averaged in partition order, as the Flower strategies do, so a Ray
 simulation of the same config gives the same states to float rounding (tests/test_federated.py)
 and the overhead benchmark can time the same work with and without Flower.
+
+"To float rounding" is per round: Flower's FedAvg accumulates the weighted sum in float32,
+`weighted_average` in float64, so a global state may differ in the last bit. AdamW turns such a
+difference into up to lr/eps (1e5) times more wherever a gradient is near zero, so after several
+rounds the two agree exactly only when the weights make both sums exact (equal client sizes, one
+client per round); otherwise compare round by round (``first_round``).
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ from fedmllm.federated.runtime import ClientRuntime, client_runtime, sampling_se
 def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
                           clients: Optional[Sequence[int]] = None, *,
                           runtime: Optional[ClientRuntime] = None,
-                          initial_state: Optional[dict[str, torch.Tensor]] = None
-                          ) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """FedAvg of ``cfg``'s clients for ``rounds`` rounds (default ``federated.rounds``).
+                          initial_state: Optional[dict[str, torch.Tensor]] = None,
+                          first_round: int = 1) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """FedAvg of ``cfg``'s clients for ``rounds`` rounds (default ``federated.rounds``),
+    numbered from ``first_round`` (round numbers derive the seeds, the lr and the sample).
 
     ``clients``: the partition ids that train every round (default: the ones the simulation
-    samples, `sampled_partitions`: all of them when ``clients_per_round`` is 0).
+    samples, `sampled_partitions`: all of them when ``clients_per_round`` is 0; fault injection,
+    ``fail_clients``, is not applied: leave those out of ``clients`` to mirror it).
     ``runtime``: a `ClientRuntime` to reuse (default: the process-wide cached one for ``cfg``,
     the same object the ClientApp uses in this process). ``initial_state``: the round-1 global
-    state (default: `initial_global_state`, the server's initial state).
+    state (default: `initial_global_state`, the server's initial state); with ``first_round``
+    > 1, pass the global state the simulation had after round ``first_round - 1``.
 
     Returns ``(final_state, history)``: the global state after the last round (float tensors of
     the state's dtype) and one dict per round with ``round``, ``lr``, ``clients``,
@@ -49,7 +58,7 @@ def run_sequential_fedavg(cfg: Config, rounds: Optional[int] = None,
     state = initial_state if initial_state is not None else initial_global_state(rt.cfg)
     _, base_lr = method_options(cfg, fed.method)
     history = []
-    for server_round in range(1, rounds + 1):
+    for server_round in range(first_round, first_round + rounds):
         t0 = time.perf_counter()
         lr = base_lr * fed.lr_decay ** (server_round - 1)
         ids = fixed if fixed is not None else sampled_partitions(cfg, server_round)
