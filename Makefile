@@ -27,6 +27,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/eval_throughput.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/federated_overhead.py
+	$(PY) benchmarks/client_scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -220,6 +220,12 @@ def validate(cfg: Config) -> None:
                         f"federated.num_clients ({fed.num_clients})")
     if not 0 <= fed.max_failure_fraction < 1:
         raise UserError("federated.max_failure_fraction must be in [0, 1)")
+    for key, values in (("data.downstream", cfg.data.downstream), ("data.upstream", cfg.data.upstream),
+                        ("centralized.models", cfg.centralized.models), ("centralized.methods", cfg.centralized.methods),
+                        ("federated.strategies", fed.strategies)):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            raise UserError(f"{key} lists {', '.join(map(str, dup))} more than once")
     extra = [t for t in cfg.centralized.tasks if t not in cfg.data.downstream]
     if extra:
         raise UserError(f"centralized.tasks {extra} are not in data.downstream ({', '.join(cfg.data.downstream)})")

@@ -45,7 +45,7 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
     from fedmllm.training.loop import train_local
 
     options, lr = method_options(cfg, method)
-    model, meth, _ = apply_method(fresh_copy(bundle), method, options)
+    model, meth, _ = apply_method(fresh_copy(bundle), method, options, seed=cfg.seed)
     seed = derive_seed(cfg.seed, "centralized", model_name, method, task)
     t0 = time.time()
     stats = train_local(model, data.train[task], lambda b: encode_train(bundle.processor, b),

@@ -73,7 +73,7 @@ class ClientRuntime:
         else:
             model = copy.deepcopy(bundle.model)
         options, self.base_lr = method_options(cfg, cfg.federated.method)
-        self.model, self.method, _ = apply_method(model, cfg.federated.method, options)
+        self.model, self.method, _ = apply_method(model, cfg.federated.method, options, seed=cfg.seed)
         self.processor = bundle.processor
         self.data = data if data is not None else ExperimentData.load(cfg, parts=("train",))
         self.partition = build_partition(cfg, self.data)
@@ -150,7 +150,7 @@ class ServerRuntime:
         options, _ = method_options(cfg, cfg.federated.method)
         import copy
 
-        self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method, options)
+        self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method, options, seed=cfg.seed)
         # Kept apart: `evaluate` loads other states into self.model, and every system (each
         # strategy, pooled, each local client) must start from this same state.
         self._initial = self.method.get_state(self.model)
