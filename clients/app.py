@@ -59,7 +59,8 @@ def train(msg: Message, context: Context) -> Message:
     control = _control(msg, context, state)
     result = runtime.train(partition_id, state, server_round, lr=float(config[P.LR]),
                            steps=int(config[P.LOCAL_STEPS]),
-                           proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)), control=control)
+                           proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)), control=control,
+                           control_rule=str(config.get(P.SCAFFOLD_CONTROL, "option2")))
     content = RecordDict({P.ARRAYS: ArrayRecord(result.state)})
     bytes_in = sum(r.count_bytes() for r in msg.content.array_records.values())
     if control is not None:

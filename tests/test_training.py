@@ -290,3 +290,22 @@ def test_trains_on_task_samples_through_encode_train():
                         TrainConfig(lr=1e-2, steps=4, batch_size=3, grad_accum=2), seed=0)
     assert stats.examples == 4 * 2 * 3
     assert stats.loss_last < stats.loss_first
+
+
+def test_control_variate_records_mean_raw_gradient():
+    """The "gradient" SCAFFOLD control: mean of the uncorrected minibatch gradients seen."""
+    c, c_i = torch.tensor([0.5, -2.0]), torch.tensor([0.25, 1.0])
+    hook = ControlVariate({"w": c}, {"w": c_i}, record_gradients=True)
+    run_linear([hook])
+    # Replay the same three AdamW steps by hand, collecting ∇ at each iterate (before correction).
+    grads, w, m, v = [], torch.tensor(W0, dtype=torch.float64), 0.0, 0.0
+    for t in range(1, 4):
+        g = mse_grad(w)
+        grads.append(g)
+        g = g + (c - c_i).double()
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - CFG.lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+    torch.testing.assert_close(hook.mean_gradients()["w"].double(), sum(grads) / 3, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="recorded no gradients"):
+        ControlVariate({"w": c}, {"w": c_i}).mean_gradients()

@@ -36,6 +36,7 @@ SERVER_ROUND = "server-round"  # Flower's FedAvg.configure_train writes this one
 LOCAL_STEPS = "local-steps"
 LR = "lr"
 PROXIMAL_MU = "proximal-mu"  # the key Flower's FedProx writes
+SCAFFOLD_CONTROL = "scaffold-control"  # how clients estimate c_i+: "option2" or "gradient"
 RUN_CONFIG = "run-config"  # the resolved config (TOML text): run_simulation leaves run_config empty
 SYSTEM = "system"  # which system (strategy or baseline) of the experiment the round belongs to
 

@@ -87,11 +87,13 @@ class ClientRuntime:
 
     def train(self, partition_id: int, global_state: dict[str, torch.Tensor], server_round: int,
               lr: float, steps: int, proximal_mu: float = 0.0,
-              control: Optional[tuple[dict, dict]] = None) -> LocalResult:
+              control: Optional[tuple[dict, dict]] = None, control_rule: str = "option2") -> LocalResult:
         """Local training of one client from ``global_state``.
 
         ``control`` = (c_global, c_local) enables the SCAFFOLD correction and returns the client's
-        new control variate (option II of Karimireddy et al. 2020, eq. 4) and its change.
+        new control variate and its change: ``control_rule`` "option2" is Option II of
+        Karimireddy et al. 2020 (eq. 4); "gradient" is the mean local minibatch gradient (see
+        `server.strategies.scaffold.CONTROL_RULES` for why AdamW clients need it).
         """
         from fedmllm.pretrain import loop_config
         from fedmllm.training.hooks import ControlVariate, ProximalTerm
@@ -103,7 +105,8 @@ class ClientRuntime:
         if proximal_mu > 0:
             hooks.append(ProximalTerm(proximal_mu, global_state, self.method))
         if control is not None:
-            hooks.append(ControlVariate(control[0], control[1], self.method))
+            hooks.append(ControlVariate(control[0], control[1], self.method,
+                                        record_gradients=control_rule == "gradient"))
         seed = derive_seed(self.cfg.seed, "client", server_round, partition_id)
         t0 = time.perf_counter()
         stats = train_local(self.model, samples, self.collate,
@@ -116,7 +119,11 @@ class ClientRuntime:
             from fedmllm.training.hooks import scaffold_control_update
 
             c_global, c_local = control
-            result.control_new = scaffold_control_update(c_local, c_global, global_state, new_state, stats.steps, lr)
+            if control_rule == "gradient":
+                result.control_new = hooks[-1].mean_gradients()
+            else:
+                result.control_new = scaffold_control_update(c_local, c_global, global_state, new_state,
+                                                             stats.steps, lr)
             result.control_delta = {k: result.control_new[k] - c_local[k].float() for k in new_state}
         return result
 
@@ -150,7 +157,8 @@ class ServerRuntime:
         options, _ = method_options(cfg, cfg.federated.method)
         import copy
 
-        self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method, options, seed=cfg.seed)
+        self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method,
+                                                  options, seed=cfg.seed)
         # Kept apart: `evaluate` loads other states into self.model, and every system (each
         # strategy, pooled, each local client) must start from this same state.
         self._initial = self.method.get_state(self.model)

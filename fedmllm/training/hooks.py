@@ -93,9 +93,19 @@ class ControlVariate(TrainHook):
     """
 
     def __init__(self, c_global: Mapping[str, torch.Tensor], c_local: Mapping[str, torch.Tensor],
-                 method: Optional["TuningMethod"] = None):
+                 method: Optional["TuningMethod"] = None, record_gradients: bool = False):
         self.c_global, self.c_local, self.method = c_global, c_local, method
         self._pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.record_gradients = record_gradients
+        self._names: list[str] = []
+        self._grad_sum: list[torch.Tensor] = []
+        self._count = 0
+
+    def mean_gradients(self) -> dict[str, torch.Tensor]:
+        """Mean raw (uncorrected) gradient per state name over the backward passes seen."""
+        if not self.record_gradients or self._count == 0:
+            raise ValueError("ControlVariate recorded no gradients (record_gradients=False or no step)")
+        return {k: (g / self._count).cpu() for k, g in zip(self._names, self._grad_sum)}
 
     def on_start(self, model: nn.Module, params: Params) -> None:
         live = state_parameters(model, self.method, params)
@@ -103,8 +113,16 @@ class ControlVariate(TrainHook):
         loc = _match("ControlVariate c_local", self.c_local, live)
         self._pairs = [(p, (c.detach().float() - loc[k][1].detach().float()).to(p.device, p.dtype))
                        for k, (p, c) in glob.items()]
+        self._names = list(glob)
+        self._grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p, _ in self._pairs]
+        self._count = 0
 
     def after_backward(self, model: nn.Module, params: Params) -> None:
+        if self.record_gradients:
+            self._count += 1
+            for acc, (p, _) in zip(self._grad_sum, self._pairs):
+                if p.grad is not None:
+                    acc.add_(p.grad.float())
         for p, delta in self._pairs:
             if p.grad is None:
                 p.grad = delta.clone()

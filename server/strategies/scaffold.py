@@ -29,10 +29,22 @@ from server.strategies.base import (
 from server.strategies.spec import StrategySpec, register_strategy
 
 
+# How clients estimate their new control c_i+. "option2" is the paper's Option II,
+# (x - y_i) / (K * eta_l), which assumes plain SGD local steps: with AdamW local training its unit is
+# an Adam step (about 1 per coordinate), not a gradient, so c - c_i swamps the gradient and clients
+# stop learning (seen on the embedded benchmark). "gradient" is the mean minibatch gradient along
+# the local trajectory, a cheap stand-in for Option I (the gradient at x), in gradient units.
+CONTROL_RULES = ("option2", "gradient")
+
+
 class Scaffold(ValidatedReplies, FlwrFedAvg):
     """SCAFFOLD server: sends (x, c), receives (y_i, dc_i), updates x and c."""
 
-    def __init__(self, *, server_lr: float, num_clients: Optional[int] = None, **kwargs) -> None:
+    def __init__(self, *, server_lr: float, num_clients: Optional[int] = None, control: str = "option2",
+                 **kwargs) -> None:
+        if control not in CONTROL_RULES:
+            raise ValueError(f"scaffold control must be one of {', '.join(CONTROL_RULES)}, got {control!r}")
+        self.control = control
         if server_lr <= 0:
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
         if num_clients is not None and (int(num_clients) != num_clients or num_clients < 1):
@@ -51,6 +63,7 @@ class Scaffold(ValidatedReplies, FlwrFedAvg):
         if self.c_global is None:
             self.c_global = {k: np.zeros_like(v) for k, v in self.current_arrays.items()}
         self.total_clients = self.num_clients or len(list(grid.get_node_ids()))
+        config[P.SCAFFOLD_CONTROL] = self.control
         messages = list(super().configure_train(server_round, arrays, config, grid))
         c_record = numpy_to_record(self.c_global)
         for msg in messages:  # FedAvg shares one RecordDict between messages: setting is idempotent
@@ -83,5 +96,5 @@ class Scaffold(ValidatedReplies, FlwrFedAvg):
 
 
 register_strategy(StrategySpec(
-    "scaffold", Scaffold, {"server_lr": 1.0, "num_clients": None}, False,
+    "scaffold", Scaffold, {"server_lr": 1.0, "num_clients": None, "control": "option2"}, False,
     "SCAFFOLD, Karimireddy et al. 2020 Alg. 1 (ours; Flower has none)"))
