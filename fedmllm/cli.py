@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -144,6 +145,8 @@ def _quiet_libraries() -> None:
     """Progress bars of our own only: datasets' and transformers' per-load bars are noise here."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # transformers 5 warns on every peft wrap of a model; not actionable for a user of the CLI.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         import datasets
         import transformers

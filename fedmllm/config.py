@@ -202,6 +202,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def config_from_toml(text: str) -> Config:
+    """A validated `Config` from resolved TOML text (what ``dumps`` writes; clients get it this way)."""
+    cfg = _build(Config, tomllib.loads(text))
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     """Cross-field and range checks; raises `UserError` with an actionable message."""
     flat = to_dict(cfg)
@@ -289,5 +296,5 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Config", "load_config", "apply_overrides", "validate", "dumps", "diff", "describe",
+__all__ = ["Config", "load_config", "config_from_toml", "apply_overrides", "validate", "dumps", "diff", "describe",
            "method_options"]

@@ -19,7 +19,8 @@ from flwr.serverapp import Grid
 from fedmllm.config import Config, dumps, method_options
 from fedmllm.experiment import ExperimentData, derive_seed
 from fedmllm.federated import protocol as P
-from fedmllm.federated.results import system_result, weight_divergence
+from fedmllm.federated.drift import weight_divergence
+from fedmllm.federated.results import system_result
 from fedmllm.federated.runtime import ClientRuntime, ServerRuntime
 from fedmllm.runs import RunDir, write_json
 from server.instrument import Instrumented

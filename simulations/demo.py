@@ -21,7 +21,7 @@ def run_demo(cfg: Config, out: str) -> Path:
     print("== demo 1/2: centralized benchmark ==", flush=True)
     run_centralized(cfg, str(run.path / "centralized"))
     print(f"== demo 2/2: federated comparison ({time.perf_counter() - t0:.0f} s so far) ==", flush=True)
-    run_federated(cfg, str(run.path / "federated"))
+    run_federated(cfg, str(run.path / "federated"), checked=True)
     run.write_json("timing.json", {"seconds": round(time.perf_counter() - t0, 1)})
     path = build_report(run.path)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {path}", flush=True)

@@ -58,14 +58,16 @@ def backend_config(cfg: Config) -> dict:
     }
 
 
-def run_federated(cfg: Config, out: str, resume: bool = False) -> Path:
-    """Validate, create (or resume) the run directory, run the simulation, return the run dir."""
+def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
+    """Validate (unless the caller already ran `check_federated`), create (or resume) the run
+    directory, run the simulation, return the run dir."""
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import make_server_app
 
-    check_federated(cfg)
+    if not checked:
+        check_federated(cfg)
     run = RunDir.create(out, cfg, "federated", resume=resume)
     # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env).
     for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():

@@ -7,7 +7,6 @@ since one model serves all tasks); O_d = E_d + F. A system's summary is the mean
 
 from __future__ import annotations
 
-from fedmllm.federated.drift import weight_divergence  # noqa: F401  (re-exported)
 from fedmllm.runs import RunDir
 
 

@@ -132,12 +132,9 @@ def client_runtime(cfg_toml: str) -> ClientRuntime:
     """The process-wide cached runtime for a config (one per Ray actor)."""
     key = config_key(cfg_toml)
     if key not in _RUNTIMES:
-        import tomllib
+        from fedmllm.config import config_from_toml
 
-        from fedmllm.config import _build, validate
-
-        cfg = _build(Config, tomllib.loads(cfg_toml))
-        validate(cfg)
+        cfg = config_from_toml(cfg_toml)
         _RUNTIMES.clear()  # one experiment per process at a time: free the previous model
         _RUNTIMES[key] = ClientRuntime(cfg)
     return _RUNTIMES[key]

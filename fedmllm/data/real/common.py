@@ -212,6 +212,18 @@ def short_answer_prompt(sample: Sample) -> str:
     return f"{sample.question}\n{SHORT_ANSWER}"
 
 
+def open_table(task: str, source: Optional[str], repo: str, org: Optional[str], split: str,
+               columns: Sequence[str], options: dict) -> tuple[str, Any]:
+    """The common prologue of a hub/parquet loader: check options, resolve the source (hub id
+    with the configured org, or a local folder), load ``split`` and require ``columns``.
+    Returns (resolved source, table)."""
+    check_options(task, options, HUB_OPTIONS)
+    src = resolve_source(source, repo, org)
+    table = load_table(task, src, split, **options)
+    require_columns(task, src, table, columns)
+    return src, table
+
+
 def caption_loader(name: str, repo: str, source_split: str, id_column: str, captions_column: str):
     """The loader of a carved captioning set (Flickr30k, COCO-Caption): one image, the caption
     instruction as question, the reference captions as answers, ``meta["label"] = "caption"``."""
@@ -219,10 +231,8 @@ def caption_loader(name: str, repo: str, source_split: str, id_column: str, capt
 
     def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
              hub_org: Optional[str] = None, carve: bool = True, **options: Any) -> list[Sample]:
-        check_options(name, options, HUB_OPTIONS)
-        src = resolve_source(source, repo, hub_org)
-        table = load_table(name, src, source_split, **options)
-        require_columns(name, src, table, ("image", captions_column, id_column))
+        src, table = open_table(name, source, repo, hub_org, source_split,
+                                ("image", captions_column, id_column), options)
         ids = [str(x) for x in table[id_column]]
         picked = subsample(carve_ids(name, ids, split, carve), n, seed)
         samples = []

@@ -24,10 +24,7 @@ COLUMNS = ("image_id", "image", "questions", "answers")
 def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
          hub_org: Optional[str] = None, **options: Any) -> list[Sample]:
     """Load OCR-VQA ``split``, one sample per question (see the module docstring)."""
-    c.check_options(NAME, options, c.HUB_OPTIONS)
-    src = c.resolve_source(source, REPO, hub_org)
-    table = c.load_table(NAME, src, SOURCE_SPLITS[split], **options)
-    c.require_columns(NAME, src, table, COLUMNS)
+    src, table = c.open_table(NAME, source, REPO, hub_org, SOURCE_SPLITS[split], COLUMNS, options)
     # (row, k) for every question, from the text columns only (no image is decoded here).
     entries = [(r, k) for r, qs in enumerate(table["questions"]) for k in range(len(qs or []))]
     picked = c.subsample(range(len(entries)), n, seed)

@@ -25,10 +25,7 @@ COLUMNS = ("question_id", "question", "answers", "image")
 def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
          hub_org: Optional[str] = None, carve: bool = True, **options: Any) -> list[Sample]:
     """Load the carved OK-VQA ``split`` as normalized samples (see the module docstring)."""
-    c.check_options(NAME, options, c.HUB_OPTIONS)
-    src = c.resolve_source(source, REPO, hub_org)
-    table = c.load_table(NAME, src, SOURCE_SPLIT, **options)
-    c.require_columns(NAME, src, table, COLUMNS)
+    src, table = c.open_table(NAME, source, REPO, hub_org, SOURCE_SPLIT, COLUMNS, options)
     ids = [str(x) for x in table["question_id"]]
     picked = c.subsample(c.carve(NAME, ids, split, carve), n, seed)
     samples = []

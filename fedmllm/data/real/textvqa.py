@@ -23,10 +23,7 @@ COLUMNS = ("question_id", "question", "answers", "image")
 def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
          hub_org: Optional[str] = None, **options: Any) -> list[Sample]:
     """Load TextVQA ``split`` as normalized samples (see the module docstring)."""
-    c.check_options(NAME, options, c.HUB_OPTIONS)
-    src = c.resolve_source(source, REPO, hub_org)
-    table = c.load_table(NAME, src, SOURCE_SPLITS[split], **options)
-    c.require_columns(NAME, src, table, COLUMNS)
+    src, table = c.open_table(NAME, source, REPO, hub_org, SOURCE_SPLITS[split], COLUMNS, options)
     picked = c.subsample(range(len(table)), n, seed)
     samples = []
     for i, row in zip(picked, c.rows(table, picked)):
