@@ -18,6 +18,7 @@ from typing import Any, get_origin, get_type_hints
 import tomli_w
 
 from fedmllm.errors import UserError
+from fedmllm.options import check_type
 
 SYNTH_DOWNSTREAM = ["synth-scienceqa", "synth-iconqa", "synth-rsvqa", "synth-pathvqa",
                     "synth-flickr30k", "synth-chd"]
@@ -93,6 +94,12 @@ class FederatedConfig:
     fail_clients: list = _f([], "fault injection: partition ids whose training raises every round")
     num_cpus_per_client: float = _f(1.0, "Ray CPUs per simulated client (actors = cores / this)")
     object_store_mb: int = _f(256, "Ray object store cap in MB")
+    backend: str = _f("ray", "simulation engine: ray (Flower's Ray backend) | inprocess (the same apps "
+                      "and Flower messages in this process, no Ray: debugging, small runs)",
+                      choices=("ray", "inprocess"))
+    baseline_checkpoint_every: int = _f(50, "pooled/local baselines: save a resumable loop checkpoint "
+                                        "every n steps (0 = off)")
+    instrument: bool = _f(True, "measure per-client metrics and drift every round (off: only aggregates)")
 
 
 @dataclass
@@ -122,13 +129,16 @@ _POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_siz
              "data.upstream_n", "federated.num_clients", "federated.rounds", "federated.local_steps",
              "federated.alpha", "federated.eval_every", "federated.upstream_every", "federated.save_every"}
 _NON_NEGATIVE = {"train.steps", "train.epochs", "train.weight_decay", "train.max_grad_norm",
-                 "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n"}
+                 "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n",
+                 "federated.baseline_checkpoint_every"}
 
 
 def _check_type(key: str, value: Any, typ: Any) -> Any:
-    """Coerce ints to floats where a float is expected; reject anything else of the wrong type."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    """``value`` against the type hint ``typ``: scalars by `fedmllm.options.check_type` (ints
+    become floats where a float is expected; NaN and ±Inf are rejected); a comma-separated string
+    is split where a list is expected; anything else of the wrong type raises `UserError`."""
+    if typ in (bool, int, float, str):
+        return check_type("config key", key, value, typ)
     base = get_origin(typ) or typ
     if base is list and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -242,8 +252,10 @@ def validate(cfg: Config) -> None:
     for name, table in cfg.methods.items():
         if not isinstance(table, dict):
             raise UserError(f"[methods.{name}] must be a table of options")
-        if "lr" in table and not (isinstance(table["lr"], (int, float)) and table["lr"] > 0):
-            raise UserError(f"methods.{name}.lr must be > 0, got {table['lr']!r}")
+        if "lr" in table:
+            lr = check_type("config key", f"methods.{name}.lr", table["lr"], float)
+            if lr <= 0:
+                raise UserError(f"methods.{name}.lr must be > 0, got {table['lr']!r}")
 
 
 def method_options(cfg: Config, method: str) -> tuple[dict, float]:

@@ -26,19 +26,10 @@ from fedmllm.config import Config, dumps
 from fedmllm.data.record import Sample
 from fedmllm.data.suite import load_task
 from fedmllm.runs import atomic_write, write_json
+from fedmllm.training.loop import loop_config  # noqa: F401  (re-exported for callers)
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "checkpoints"
 CARD_EVAL_N = 64  # held-out samples per upstream task in the card (test seed = config seed + 1)
-
-
-def loop_config(train_cfg, **changes):
-    """The training loop's config from the experiment's ``[train]`` table (plus changes)."""
-    from fedmllm.training.loop import TrainConfig as LoopConfig
-
-    names = {f.name for f in dataclasses.fields(LoopConfig)}
-    values = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k in names}
-    values.update(changes)
-    return LoopConfig(**values)
 
 
 def _pixel_values(processor, images) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""The fedmllm ServerApp (Flower Message API): thin glue over `server.orchestrate`.
+"""The fedmllm ServerApp (Flower Message API): thin glue over `fedmllm.federated.experiment`.
 
 ``fedmllm federated`` builds the app with the experiment's config and run directory
-(`make_server_app`) and runs it on Flower's Ray simulation backend. ``flwr run .`` loads the
-module-level ``app``, which reads ``config`` (a TOML path), ``out`` and ``overrides`` from the run
-config (``[tool.flwr.app.config]`` in pyproject.toml or ``--run-config``).
+(`make_server_app`) and runs it on Flower's Ray simulation backend (or in process). ``flwr run .``
+loads the module-level ``app``, which reads ``config`` (a TOML path), ``out`` and ``overrides``
+from the run config (``[tool.flwr.app.config]`` in pyproject.toml or ``--run-config``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from fedmllm.config import Config, load_config
 
 
 def _from_run_config(run_config: dict) -> tuple[Config, Path]:
+    from fedmllm.federated.experiment import resolve_strategy_options
     from fedmllm.runs import RunDir
 
     path = str(run_config.get("config", "configs/federated/embedded.toml"))
     overrides = str(run_config.get("overrides", "")).split()
-    cfg = load_config(path, overrides)
+    cfg = resolve_strategy_options(load_config(path, overrides))
     out = Path(str(run_config.get("out", "")) or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     resume = (out / "config.toml").is_file()
     return cfg, RunDir.create(out, cfg, "federated", resume=resume).path
@@ -39,6 +40,21 @@ def _poll_faster(grid: Grid) -> None:
         grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_S)
 
 
+def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
+    """Everything the ServerApp does: every system of the experiment over ``grid``."""
+    from fedmllm.federated.experiment import FederatedExperiment
+    from fedmllm.runs import RunDir
+    from server.instrument import Instrument
+    from server.strategy import GridTransport
+
+    run = RunDir(Path(run_dir), cfg)
+    exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log))
+    if cfg.federated.instrument:
+        factors = exp.server.method.lora_factors(exp.server.initial_state())
+        exp.observer = lambda system: Instrument(system, run.log, factors)
+    return exp.run_all()
+
+
 def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None,
                     errors: Optional[list] = None) -> ServerApp:
     """A ServerApp running one experiment; ``errors`` collects an exception for the caller
@@ -47,8 +63,6 @@ def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from server.orchestrate import run_experiment
-
         c, out = (cfg, run_dir) if cfg is not None else _from_run_config(dict(context.run_config))
         _poll_faster(grid)
         try:

@@ -1,8 +1,10 @@
-"""``fedmllm federated``: the Flower ServerApp and ClientApp on Flower's Ray simulation backend.
+"""``fedmllm federated``: the Flower ServerApp and ClientApp on Flower's Ray simulation backend
+(or, with ``federated.backend = "inprocess"``, the same apps and messages in this process).
 
 One Ray actor per CPU (``federated.num_cpus_per_client``), one torch thread per actor, the Ray
 object store capped, Ray's temp files under the system temp dir. All strategies and baselines of
-the config run inside one simulation (Ray starts once).
+the config run inside one simulation (Ray starts once). ``--resume DIR`` continues a killed run
+from its last complete round (`fedmllm.federated.experiment`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from fedmllm.runs import RunDir
 def check_federated(cfg: Config) -> None:
     """Everything that can be wrong with a federated config, before any compute."""
     from fedmllm.data.partition import PARTITIONERS
+    from fedmllm.federated.algorithms import ALGORITHMS, build_algorithm
     from fedmllm.methods import METHODS
     from fedmllm.models import build_model
-    from server.strategies import STRATEGIES, build_strategy
 
     fed = cfg.federated
     check_data(cfg)
@@ -31,10 +33,10 @@ def check_federated(cfg: Config) -> None:
         raise UserError(f"federated.alpha must be > 0 (Dirichlet concentration), got {fed.alpha}")
     method = METHODS.get(fed.method)
     if not fed.strategies:
-        raise UserError(f"federated.strategies is empty; valid: {', '.join(STRATEGIES.names())}")
+        raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
     for name in fed.strategies:
-        build_strategy(name, dict(cfg.strategy_options.get(name, {})))
-        if not method.averageable and not STRATEGIES.get(name).handles_non_averageable:
+        build_algorithm(name, dict(cfg.strategy_options.get(name, {})), num_clients=fed.num_clients)
+        if not method.averageable and not ALGORITHMS.get(name).handles_non_averageable:
             raise UserError(f"strategy {name!r} cannot aggregate the state of method {fed.method!r} "
                             "(its state is not averageable); choose another method or strategy")
     bad = [c for c in fed.fail_clients if not 0 <= int(c) < fed.num_clients]
@@ -61,21 +63,29 @@ def backend_config(cfg: Config) -> dict:
 def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
     """Validate (unless the caller already ran `check_federated`), create (or resume) the run
     directory, run the simulation, return the run dir."""
-    from flwr.simulation import run_simulation
-
     from clients.app import app as client_app
+    from fedmllm.federated.experiment import resolve_strategy_options
     from server.app import make_server_app
 
     if not checked:
         check_federated(cfg)
+    cfg = resolve_strategy_options(cfg)
     run = RunDir.create(out, cfg, "federated", resume=resume)
     # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env).
     for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(Path(tempfile.gettempdir()) / f"fedmllm_flwr_{os.getuid()}"))
     errors: list[BaseException] = []
-    run_simulation(server_app=make_server_app(cfg, run.path.resolve(), errors), client_app=client_app,
-                   num_supernodes=cfg.federated.num_clients, backend_config=backend_config(cfg))
+    server_app = make_server_app(cfg, run.path.resolve(), errors)
+    if cfg.federated.backend == "inprocess":
+        from server.inprocess import run_inprocess
+
+        run_inprocess(server_app, client_app, cfg.federated.num_clients)
+    else:
+        from flwr.simulation import run_simulation
+
+        run_simulation(server_app=server_app, client_app=client_app,
+                       num_supernodes=cfg.federated.num_clients, backend_config=backend_config(cfg))
     if errors:
         err = errors[0]
         if isinstance(err, UserError):

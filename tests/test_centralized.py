@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedmllm.cli import main
+from simulations.cli import main
 from fedmllm.config import load_config
 from fedmllm.errors import UserError
 from simulations.centralized import run_centralized

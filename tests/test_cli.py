@@ -5,7 +5,7 @@ import json
 import pytest
 
 import fixtures_real as fx
-from fedmllm.cli import main
+from simulations.cli import main
 
 
 def run(capsys, *argv):

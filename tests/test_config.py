@@ -37,6 +37,31 @@ def test_invalid_values_are_one_line_user_errors(override, fragment):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=nan", "train.lr"), ("train.lr=inf", "train.lr"), ("train.lr=-inf", "train.lr"),
+    ("train.epochs=nan", "train.epochs"), ("federated.alpha=inf", "federated.alpha"),
+    ("federated.max_failure_fraction=nan", "federated.max_failure_fraction"),
+    ("methods.lora.lr=inf", "methods.lora.lr"),
+])
+def test_non_finite_floats_are_user_errors_naming_the_key(override, key):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert f"config key {key!r} must be a finite number, got " in str(err.value)
+
+
+def test_non_finite_float_in_file(tmp_path):
+    p = tmp_path / "nan.toml"
+    p.write_text("[train]\nlr = nan\n")
+    with pytest.raises(UserError, match="'train.lr' must be a finite number, got nan"):
+        load_config(p)
+
+
+def test_int_given_for_float_key_becomes_float():
+    cfg = load_config(None, ["train.lr=1", "methods.lora.lr=2"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert method_options(cfg, "lora") == ({}, 2.0)
+
+
 def test_misspelt_key_in_file(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[train]\nbatch_sise = 8\n")

@@ -1,8 +1,9 @@
 """End to end on Flower's Ray simulation backend: `run_federated` with 2 clients x 2 rounds.
 
-Checks the run directory contract (DESIGN.md) and that the Ray run computes what the sequential
-reference computes; then partial participation (reproducible sampling) with fault injection (a
-client that raises every round) within the tolerated failure fraction. Each simulation starts
+Checks the run directory contract (the files README.md lists under "A run directory holds", see
+also `fedmllm/runs.py`) and that the Ray run computes what the sequential reference computes;
+then partial participation (reproducible sampling) with fault injection (a client that raises
+every round) within the tolerated failure fraction. Each simulation starts
 and stops its own Ray (Flower's backend calls ``ray.shutdown``); the fixture makes sure none is
 left behind if a run dies.
 """

@@ -215,7 +215,7 @@ def test_unknown_method_lists_choices():
 def test_unknown_and_mistyped_options():
     with pytest.raises(UserError, match="valid options: r, alpha, targets, dropout"):
         make_method("lora", {"rank": 8})
-    with pytest.raises(UserError, match="must be a int"):
+    with pytest.raises(UserError, match="tuning method 'lora' option 'r' must be int, got str '8'"):
         make_method("lora", {"r": "8"})
     with pytest.raises(UserError, match="targets must be one of"):
         make_method("lora", {"targets": "vision"})

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Optional, Sequence
 
 from fedmllm.data.record import Sample
 from fedmllm.data.registry import TASKS
 
 
-def load_task(name: str, split: str, n: Optional[int], seed: int, data_cfg=None) -> list[Sample]:
+def load_task(name: str, split: str, n: Optional[int], seed: int, data_cfg=None,
+              indices: Optional[Sequence[int]] = None) -> list[Sample]:
     """``n`` samples of task ``name`` / ``split`` honouring ``data.sources`` and ``data.hub_org``.
 
     ``n = 0`` or ``None`` loads everything (real datasets only; synthetic twins need a count).
+    ``indices``: only these samples of the ``n`` (in this order), e.g. one federated client's
+    slice; loaders that can (the synthetic twins) build just those, others load all and pick.
     """
     task = TASKS.get(name)
     options = {}
@@ -21,7 +24,10 @@ def load_task(name: str, split: str, n: Optional[int], seed: int, data_cfg=None)
         source = data_cfg.sources.get(name)
         if "hub_org" in inspect.signature(task.loader).parameters:
             options["hub_org"] = data_cfg.hub_org
-    return task.load(split=split, n=n or None, seed=seed, source=source, **options)
+    if indices is not None and "indices" in inspect.signature(task.loader).parameters:
+        return task.load(split=split, n=n or None, seed=seed, source=source, indices=list(indices), **options)
+    samples = task.load(split=split, n=n or None, seed=seed, source=source, **options)
+    return samples if indices is None else [samples[i] for i in indices]
 
 
 def check_tasks(names: list[str], role: Optional[str] = None) -> None:

@@ -1,47 +1,45 @@
-"""Client <-> server message keys, defined once, and reply validation.
+"""Client <-> server message keys, defined once, and the one reply validation.
 
 Every value a federated algorithm needs on the other side of the wire travels under one of these
-names (the Flower Message API carries them in a ``RecordDict``). The Flower glue in ``server/``
-and ``clients/`` imports them from here; this module imports neither Flower nor Ray.
+names (the Flower Message API carries them in a ``RecordDict``; `server/records.py` is the codec).
+This module imports neither Flower nor Ray.
 
 A train instruction (server -> client) holds:
-    ``ARRAYS``            ArrayRecord: the global trainable state (adapter weights).
-    ``CONFIG``            ConfigRecord: ``SERVER_ROUND``, ``LOCAL_STEPS``, ``LR``,
-                          ``RUN_CONFIG``, ``SYSTEM``, and the algorithm's keys
-                          (``PROXIMAL_MU`` for FedProx).
-    ``SCAFFOLD_C_GLOBAL`` ArrayRecord (SCAFFOLD only): the server control variate c,
-                          same keys and shapes as ``ARRAYS``.
+    one ArrayRecord per named state of the algorithm's `Payload` (``global`` = the shared part
+    of the global state; SCAFFOLD adds ``scaffold-c``), and
+    ``CONFIG`` (ConfigRecord): `SERVER_ROUND`, `LOCAL_STEPS`, `LR`, `ALGORITHM`, `SYSTEM`,
+    `EXPERIMENT_ID`, `EXPERIMENT_DIR`, `CLIENT_STORE` and the algorithm's own keys
+    (``proximal-mu`` for FedProx). Round values only: never the whole experiment config.
 A train reply (client -> server) holds:
-    ``ARRAYS``            ArrayRecord: the client's trained state y_i (same keys/shapes).
-    ``METRICS``           MetricRecord: ``NUM_EXAMPLES`` (aggregation weight), ``TRAIN_LOSS``,
-                          ``SECONDS``, ``BYTES_IN``, ``BYTES_OUT``, ``CLIENT_FAILED`` (0/1),
-                          ``PARTITION_ID`` (used to order replies deterministically),
-                          ``STEPS``, ``WALL_SECONDS``.
-    ``SCAFFOLD_DC``       ArrayRecord (SCAFFOLD only): dc_i = c_i+ - c_i.
+    one ArrayRecord per named state the algorithm expects back (`Algorithm.expected`: ``state``
+    = the trained shared state; SCAFFOLD adds ``scaffold-dc``), and
+    ``METRICS`` (MetricRecord): `NUM_EXAMPLES` (aggregation weight), `TRAIN_LOSS`, `SECONDS`,
+    `BYTES_IN`, `BYTES_OUT`, `CLIENT_FAILED` (0/1), `PARTITION_ID`, `STEPS`, `WALL_SECONDS`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
-# Record names inside a RecordDict (Flower's FedAvg defaults are "arrays" and "config").
-ARRAYS = "arrays"
+import numpy as np
+
+# Record names inside a RecordDict.
 CONFIG = "config"
 METRICS = "metrics"
-SCAFFOLD_C_GLOBAL = "scaffold-c-global"
-SCAFFOLD_DC = "scaffold-dc"
 
 # ConfigRecord keys (server -> client).
-SERVER_ROUND = "server-round"  # Flower's FedAvg.configure_train writes this one itself
+SERVER_ROUND = "server-round"
 LOCAL_STEPS = "local-steps"
 LR = "lr"
-PROXIMAL_MU = "proximal-mu"  # the key Flower's FedProx writes
-SCAFFOLD_CONTROL = "scaffold-control"  # how clients estimate c_i+: "option2" or "gradient"
-RUN_CONFIG = "run-config"  # the resolved config (TOML text): run_simulation leaves run_config empty
-SYSTEM = "system"  # which system (strategy or baseline) of the experiment the round belongs to
+ALGORITHM = "algorithm"  # registry name: the client looks up the algorithm's client half
+SYSTEM = "system"  # which system (strategy) of the experiment the round belongs to
+EXPERIMENT_ID = "experiment-id"  # short hash of the resolved config (clients cache by it)
+EXPERIMENT_DIR = "experiment-dir"  # where config.toml and partition.json live (simulation)
+CLIENT_STORE = "client-store"  # folder of the clients' local state (simulation); "" = in memory
 
 # MetricRecord keys (client -> server).
-NUM_EXAMPLES = "num-examples"  # Flower's default `weighted_by_key`
+NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 SECONDS = "seconds"
 BYTES_IN = "bytes-in"
@@ -50,6 +48,7 @@ CLIENT_FAILED = "client-failed"
 PARTITION_ID = "partition-id"
 STEPS = "steps"
 WALL_SECONDS = "wall-seconds"
+REQUIRED_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, PARTITION_ID)
 # Added by the server to aggregated train metrics.
 NUM_CLIENTS = "num-clients"
 
@@ -69,33 +68,70 @@ METRIC_REDUCTIONS: dict[str, str] = {
 
 
 class ReplyError(ValueError):
-    """A client reply does not match what the server sent (keys or shapes)."""
+    """A client reply is malformed: wrong records, keys, shapes, dtypes, non-finite values or metrics."""
 
 
-def validate_reply(state: Mapping[str, Any], expected: Mapping[str, Sequence[int]],
-                   *, who: str = "client reply") -> None:
+def _limited(items: list, limit: int = 5) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(map(str, items[:limit])) + more
+
+
+def check_shapes(state: Mapping[str, Any], expected: Mapping[str, Sequence[int]],
+                 *, who: str = "client reply") -> None:
     """Raise `ReplyError` unless ``state`` has exactly the keys of ``expected`` with those shapes.
 
-    ``state`` maps names to anything with a ``.shape`` (numpy / torch arrays, Flower ``Array``).
-    The message names every missing, unexpected and mis-shaped key (up to five of each), so a
-    client built with a different adapter configuration is caught before aggregation instead of
-    being silently broadcast.
+    ``state`` maps names to anything with a ``.shape``. The message names every missing,
+    unexpected and mis-shaped key (up to five of each).
     """
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: got {tuple(state[k].shape)}, expected {tuple(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    ]
-    if not (missing or extra or wrong):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)):
-        if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            parts.append(f"{label} [{'; '.join(map(str, items[:5]))}]{more}")
-    raise ReplyError(f"{who} does not match the global state: {', '.join(parts)}")
+    wrong = [f"{k}: got {tuple(state[k].shape)}, expected {tuple(expected[k])}"
+             for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    parts = [f"{label} [{_limited(items)}]" for label, items in
+             (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong)) if items]
+    if parts:
+        raise ReplyError(f"{who} does not match what was expected: {', '.join(parts)}")
+
+
+def validate_reply(partition_id: int, arrays: Mapping[str, Mapping[str, Any]],
+                   metrics: Mapping[str, Any], expected: Mapping[str, Mapping[str, Sequence[int]]],
+                   *, who: str = "client reply"):
+    """The one check of a train reply; returns a `Reply` or raises `ReplyError` naming the fault.
+
+    ``partition_id`` is the client the instruction went to; ``arrays`` the reply's named states
+    (numpy arrays), ``metrics`` its metric values, ``expected`` what `Algorithm.expected` said
+    this client must send back. Checked: the required metrics are present, finite numbers; the
+    reply comes from the partition it was sent to; ``num-examples`` is a positive integer; the
+    named states are exactly the expected ones, each with exactly the expected keys and shapes,
+    floating point and finite (a NaN or Inf update never reaches an aggregate).
+    """
+    from fedmllm.federated.algorithms.base import Reply
+
+    for key in REQUIRED_METRICS:
+        if key not in metrics:
+            raise ReplyError(f"{who} has no metric {key!r}")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
+            raise ReplyError(f"{who}: metric {key!r} is not finite ({value})")
+    if int(metrics[PARTITION_ID]) != int(partition_id):
+        raise ReplyError(f"{who} claims partition {metrics[PARTITION_ID]}, sent to {partition_id}")
+    n = metrics[NUM_EXAMPLES]
+    if isinstance(n, bool) or float(n) != int(n) or int(n) < 1:
+        raise ReplyError(f"{who}: {NUM_EXAMPLES} must be a positive integer, got {n!r}")
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise ReplyError(f"{who}: array records missing {missing}, unexpected {extra}")
+    for group, shapes in expected.items():
+        check_shapes(arrays[group], shapes, who=f"{who} record {group!r}")
+        for key, value in arrays[group].items():
+            a = np.asarray(value)
+            if not np.issubdtype(a.dtype, np.floating):
+                raise ReplyError(f"{who}: {group}/{key} has dtype {a.dtype}, expected floating point")
+            if not np.isfinite(a).all():
+                bad = int(a.size - np.isfinite(a).sum())
+                raise ReplyError(f"{who}: {group}/{key} has {bad} non-finite value(s)")
+    return Reply(int(partition_id), int(n), {g: dict(arrays[g]) for g in expected}, dict(metrics))
 
 
 def shapes_of(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -2,21 +2,23 @@
 
 For one global model evaluated on every downstream test set d and every upstream set u:
 E_d = S(global, d) − S(base, d); F = mean_u S(global, u) − S(base, u) (the same F for every d,
-since one model serves all tasks); O_d = E_d + F. A system's summary is the mean over d.
+since one model serves all tasks); O_d = E_d + F, all through `fedmllm.metrics.efo` (the one
+implementation of E and F). A system's summary is the mean over d.
 """
 
 from __future__ import annotations
 
+from fedmllm.metrics.efo import forgetting, specialization
 from fedmllm.runs import RunDir
 
 
 def system_result(system: str, kind: str, model: str, scores: dict, zero: dict) -> dict:
     """Per-task and mean E, F, O of one system from its scores and the base's zero-shot scores."""
     down, up = scores["downstream"], scores["upstream"]
-    f = sum(up[u] - zero["upstream"][u] for u in up) / len(up) if up else 0.0
+    f = forgetting(up, {u: zero["upstream"][u] for u in up}) if up else 0.0
     per_task = {}
     for t, s in down.items():
-        e = s - zero["downstream"][t]
+        e = specialization(s, zero["downstream"][t])
         per_task[t] = {"score": s, "E": e, "F": f, "O": e + f}
     n = len(per_task)
     return {

@@ -25,6 +25,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from fedmllm.errors import UserError
+from fedmllm.options import resolve_options
 from fedmllm.registry import Registry
 
 FAMILIES = ("selective", "reparameterization", "additive")
@@ -69,19 +70,12 @@ class TuningMethod(ABC):
 
     @classmethod
     def parse_options(cls, options: OptionsLike) -> MethodOptions:
-        """``options`` (dict, Options or None) → validated Options; unknown keys raise `UserError`."""
+        """``options`` (dict, Options or None) → validated Options; unknown keys and ill-typed
+        values raise `UserError` (`fedmllm.options.resolve_options`, against the field defaults)."""
         if isinstance(options, cls.Options):
             opts = options
         elif options is None or isinstance(options, Mapping):
-            raw = dict(options or {})
-            valid = [f.name for f in dataclasses.fields(cls.Options)]
-            unknown = sorted(set(raw) - set(valid))
-            if unknown:
-                raise UserError(
-                    f"unknown option(s) {', '.join(map(repr, unknown))} for tuning method {cls.name!r}; "
-                    f"valid options: {', '.join(valid) or '(none)'}"
-                )
-            opts = cls.Options(**{k: _typed(cls.name, k, v, cls.Options) for k, v in raw.items()})
+            opts = cls.Options(**resolve_options(f"tuning method {cls.name!r}", options, _defaults(cls.Options)))
         else:
             raise UserError(f"options of tuning method {cls.name!r} must be a table, got {options!r}")
         opts.validate(None)
@@ -185,16 +179,17 @@ class TuningMethod(ABC):
         return f"{type(self).__name__}({self.options})"
 
 
-def _typed(method: str, key: str, value: Any, options_cls: type) -> Any:
-    """Check ``value`` against the type of the option's default (TOML gives typed values)."""
-    default = next(f.default for f in dataclasses.fields(options_cls) if f.name == key)
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}.get(type(default), lambda v: True)
-    if not ok(value):
-        raise UserError(f"option {key}={value!r} of tuning method {method!r} must be a {type(default).__name__}")
-    return float(value) if isinstance(default, float) else value
+def _defaults(options_cls: type[MethodOptions]) -> dict[str, Any]:
+    """Option name -> default, in declaration order (every option must have a default)."""
+    out = {}
+    for f in dataclasses.fields(options_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            raise TypeError(f"{options_cls.__name__}.{f.name} has no default; every method option needs one")
+    return out
 
 
 METHODS: Registry[type[TuningMethod]] = Registry("method")

@@ -3,9 +3,11 @@ prepended to every input's embeddings. Works with LLaVA image tokens (the model 
 placeholders in ``inputs_embeds``) and with ``generate`` (checked: greedy generation agrees with
 teacher forcing). Outputs change at init (the prompt is random), so no identity guarantee.
 
-peft quirk (FIELD_NOTES): ``set_peft_model_state_dict`` reports ``prompt_embeddings`` as unexpected
-and the prompt encoder's weight as missing, yet loads it; `set_state` discounts exactly that pair
-and then checks the loaded value itself.
+peft quirk (peft's ``utils/save_and_load.py``, ``set_peft_model_state_dict``, peft 0.21): it runs
+``model.load_state_dict(..., strict=False)``, which reports ``prompt_embeddings`` as unexpected and
+the prompt encoder's weight as missing, and then loads the prompt encoder explicitly
+(``_load_adapter_state_dict``); `set_state` discounts exactly that pair and then checks the loaded
+value itself.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared pieces of the embedded tiny models: sizes, tokenizer corpus, seeded initialisation.
 
-Sizes follow the probe recorded in FIELD_NOTES.md (SigLIP 64-dim x 2 layers at 64 px with 16 px
-patches; Qwen2 128-dim x 4 layers: with 2-3 LLM layers yes/no questions stayed at chance).
+Sizes were chosen by a size probe: SigLIP 64-dim x 2 layers at 64 px with 16 px patches; Qwen2
+128-dim x 4 layers (with 2-3 LLM layers yes/no questions stayed at chance).
 """
 
 from __future__ import annotations

@@ -6,15 +6,22 @@ autocast; the model and optimizer are not ``prepare``-d (that would re-wrap ``fo
 call for a model cached across rounds, and adds nothing on one device), and backward / clipping
 are plain torch (no fp16, hence no loss scaler). The loss stays on the device until the end of
 the call (one sync), unless ``log_every`` asks for it.
+
+A call can be made resumable with a `LoopCheckpoint`: the loop state is saved every few steps and
+a later call with the same arguments continues from it, ending bit-for-bit where an uninterrupted
+call would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
 IGNORE_INDEX = -100  # transformers' label value for positions without loss
+CHECKPOINT_FORMAT = 1  # version of the `LoopCheckpoint` file layout
 
 
 @dataclass
@@ -92,6 +100,35 @@ class TrainConfig:
         return math.ceil(self.epochs * math.ceil(n_samples / self.batch_size) / self.grad_accum)
 
 
+def loop_config(train_cfg, **changes) -> TrainConfig:
+    """The training loop's config from the experiment's ``[train]`` table (plus changes)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k in names}
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@dataclass
+class LoopCheckpoint:
+    """Where and how often `train_local` saves its state so that a killed call can resume.
+
+    Every ``every`` optimizer steps (never after the last one: the caller saves the result) the
+    loop atomically replaces ``path`` (``torch.save`` of a plain dict: step, trainable parameters,
+    AdamW and scheduler state, RNG state, examples, losses so far). A call that finds ``path``
+    validates it against its own run and continues from it. Nothing is ever deleted: the caller
+    removes ``path`` once the result is safe. Hooks' own state is not saved (their ``on_start``
+    runs again on resume), so only stateless hooks resume exactly.
+    """
+
+    path: Path
+    every: int
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"LoopCheckpoint.every must be an int >= 1, got {self.every!r}")
+
+
 @dataclass
 class TrainStats:
     """What one `train_local` call did. Losses are the data loss (hook terms excluded), one per
@@ -108,13 +145,20 @@ class TrainStats:
 
 def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[list], dict],
                 cfg: TrainConfig, *, seed: int, hooks: Sequence[TrainHook] = (),
-                progress: bool = False) -> TrainStats:
+                progress: bool = False, checkpoint: Optional[LoopCheckpoint] = None) -> TrainStats:
     """Train ``model``'s trainable parameters on ``samples``; returns `TrainStats`.
 
     ``collate(list_of_samples)`` gives the model's keyword arguments including ``labels``;
     ``model(**batch).loss`` is the (answer-only) mean loss. ``seed`` fixes the sample order
     (a per-call ``torch.Generator``) and dropout (``torch.manual_seed`` inside a forked RNG, so the
     caller's global RNG is untouched); derive it from (run, client, round).
+
+    ``checkpoint`` makes the call resumable (see `LoopCheckpoint`): if its file exists it must come
+    from the same run (steps, seed, sample count, batch size, accumulation, device type, trainable
+    parameter names and shapes; else `ValueError`), and training continues from its step with the
+    same result as an uninterrupted call (``seconds`` covers this call only). ``model`` must be in
+    the state the interrupted call started from except for its trainable parameters, which are
+    restored.
     """
     cfg.validate()
     if not samples:
@@ -131,17 +175,36 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     make_schedule = get_cosine_schedule_with_warmup if cfg.schedule == "cosine" else _constant
     scheduler = make_schedule(optimizer, round(cfg.warmup_ratio * total), total)
     order = _index_batches(len(samples), cfg.batch_size, torch.Generator().manual_seed(seed))
-    bar = tqdm(total=total, desc="train", leave=False) if progress else None
-    was_training = model.training
-    model.train()
+    run_id = {"format": CHECKPOINT_FORMAT, "steps": total, "seed": seed, "samples": len(samples),
+              "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "device": device.type}
+    resumed = _load_checkpoint(checkpoint.path, run_id, params) if checkpoint is not None else None
+    first = 0
     losses: list[torch.Tensor] = []
     examples = 0
+    if resumed is not None:
+        first, examples = resumed["step"], resumed["examples"]
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(resumed["params"][name])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        losses = list(resumed["losses"].to(device).unbind())
+        for _ in range(first * cfg.grad_accum):  # the micro-batches already consumed
+            next(order)
+        log.info("train_local: resuming at step %d/%d from %s", first, total, checkpoint.path)
+    bar = tqdm(total=total, initial=first, desc="train", leave=False) if progress else None
+    was_training = model.training
+    model.train()
     for hook in hooks:
         hook.on_start(model, params)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(seed)
-        for step in range(total):
+        if resumed is not None:
+            torch.set_rng_state(resumed["rng_cpu"])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(resumed["rng_cuda"], device)
+        for step in range(first, total):
             idx = [next(order) for _ in range(cfg.grad_accum)]
             batches = [_to(collate([samples[i] for i in b]), device) for b in idx]
             examples += sum(map(len, idx))
@@ -172,6 +235,16 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
                 log.info("step %d/%d loss %.4f lr %.3g", step + 1, total, value, scheduler.get_last_lr()[0])
                 if bar is not None:
                     bar.set_postfix(loss=f"{value:.4f}")
+            if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < total:
+                _save_checkpoint(checkpoint.path, {
+                    **run_id, "step": step + 1, "examples": examples,
+                    "names": list(params),
+                    "params": {n: p.detach().to("cpu", copy=True) for n, p in params.items()},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "losses": torch.stack(losses).cpu(),
+                })
     values = torch.stack(losses).float().tolist()  # one device sync for the whole call
     seconds = time.perf_counter() - start
     if bar is not None:
@@ -181,6 +254,48 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     model.train(was_training)
     return TrainStats(steps=total, examples=examples, loss_first=values[0], loss_last=values[-1],
                       loss_mean=sum(values) / len(values), seconds=seconds, losses=values)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file in ``path``'s folder, then an atomic ``os.replace``.
+
+    The temp name is fixed, so one left by a kill during the write is overwritten by the next save.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, run_id: dict[str, Any],
+                     params: dict[str, nn.Parameter]) -> Optional[dict[str, Any]]:
+    """The saved loop state at ``path`` (None if absent), checked against this run."""
+    if not path.exists():
+        return None
+    # Only tensors and plain containers: loadable without unpickling arbitrary objects.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"loop checkpoint {path}: not a train_local checkpoint")
+    for key, want in run_id.items():
+        if state.get(key) != want:
+            raise ValueError(f"loop checkpoint {path}: {key} is {state.get(key)!r}, this run has {want!r}")
+    names = state["names"]
+    if names != list(params):
+        missing = [n for n in params if n not in names]
+        unexpected = [n for n in names if n not in params]
+        raise ValueError(f"loop checkpoint {path}: trainable parameters differ: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}" + ("" if missing or unexpected else " (order)"))
+    for name, p in params.items():
+        saved = state["params"][name]
+        if saved.shape != p.shape:
+            raise ValueError(f"loop checkpoint {path}: parameter {name} has shape {tuple(saved.shape)}, "
+                             f"the model has {tuple(p.shape)}")
+    if not 0 < state["step"] < run_id["steps"]:
+        raise ValueError(f"loop checkpoint {path}: step {state['step']} outside 1..{run_id['steps'] - 1}")
+    return state
 
 
 def _accelerator(precision: str) -> Accelerator:

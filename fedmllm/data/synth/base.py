@@ -75,10 +75,15 @@ def twin_loader(name: str, build: Callable[..., Item], options: tuple[str, ...] 
     """
 
     def loader(split: str = "test", n: Optional[int] = None, seed: int = 0,
-               source: Optional[str] = None, **kwargs: Any) -> list[Sample]:
+               source: Optional[str] = None, indices: Optional[list[int]] = None,
+               **kwargs: Any) -> list[Sample]:
         count = check_request(name, n, source, kwargs, options)
+        wanted = range(count) if indices is None else indices
+        bad = [i for i in wanted if not 0 <= i < count]
+        if bad:
+            raise ValueError(f"{name}: sample indices {bad[:5]} outside 0..{count - 1}")
         return [to_sample(name, split, seed, i, build(stable_rng(name, split, seed, i), **kwargs))
-                for i in range(count)]
+                for i in wanted]
 
     loader.__doc__ = f"Generate ``n`` samples of the synthetic twin {name!r}."
     return loader

@@ -124,12 +124,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_config(args: argparse.Namespace) -> None:
     from fedmllm.config import describe
+    from fedmllm.federated.algorithms import ALGORITHMS, build_algorithm
 
     print(describe())
+    print("# strategy options (effective defaults; set under [strategy_options.<name>]):")
+    for name in ALGORITHMS.names():
+        algo = build_algorithm(name, num_clients=8)
+        options = algo.resolved_options()
+        shown = ", ".join(f"{k} = {v!r}" for k, v in options.items()) or "(no options)"
+        note = "  (num_clients defaults to federated.num_clients)" if "num_clients" in options else ""
+        print(f"  [strategy_options.{name}] {shown}  # {algo.description}{note}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from fedmllm.catalog import catalog
+    from simulations.catalog import catalog
 
     for kind, names in catalog().items():
         print(f"{kind}: {', '.join(names)}")

@@ -6,16 +6,13 @@ from __future__ import annotations
 def catalog() -> dict[str, list[str]]:
     from fedmllm.data.partition import PARTITIONERS
     from fedmllm.data.registry import TASKS
+    from fedmllm.federated.algorithms import ALGORITHMS
+    from fedmllm.federated.experiment import BASELINES
     from fedmllm.methods import METHODS
     from fedmllm.metrics import METRICS
     from fedmllm.models import MODELS
 
     out = {"models": MODELS.names(), "tasks": TASKS.names(), "metrics": METRICS.names(),
-           "methods": METHODS.names(), "partitioners": PARTITIONERS.names()}
-    try:
-        from server.strategies import STRATEGIES
-
-        out["strategies"] = STRATEGIES.names()
-    except ImportError:  # Flower not installed: the library still works centrally
-        pass
+           "methods": METHODS.names(), "partitioners": PARTITIONERS.names(),
+           "strategies": ALGORITHMS.names(), "baselines": BASELINES.names()}
     return out

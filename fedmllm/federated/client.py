@@ -1,0 +1,223 @@
+"""What a federated client computes, without Flower: its own data, one round of any algorithm.
+
+`ClientRuntime` holds the base model with the tuning method applied (built once per process, e.g.
+once per Ray actor) and the samples of the partitions it has served (each built on first use from
+the experiment's saved partition: only that client's slice is loaded). `ClientRuntime.run_round`
+runs one round of any registered algorithm: the algorithm's client half prepares the initial
+state and hooks from the payload and the client's local state, the one training loop trains, the
+client half turns the result into the reply and the new local state. `ClientStore` keeps local
+state across rounds (and across a killed and resumed run) on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from fedmllm.config import Config, method_options
+from fedmllm.experiment import derive_seed
+from fedmllm.federated import protocol as P
+from fedmllm.federated.algorithms import ALGORITHMS, LocalResult, Payload
+from fedmllm.federated.algorithms.base import Groups, as_arrays, as_tensors
+
+_RUNTIMES: dict[str, "ClientRuntime"] = {}
+
+
+def config_key(cfg_toml: str) -> str:
+    """The experiment id: a short hash of the resolved config's TOML text."""
+    return hashlib.sha256(cfg_toml.encode()).hexdigest()[:16]
+
+
+def load_client_samples(cfg: Config, partition, partition_id: int) -> list:
+    """Only client ``partition_id``'s training samples, task by task in index order (the order
+    of `Partition.samples`): synthetic twins generate just those indices."""
+    from fedmllm.data.suite import load_task
+
+    if not 0 <= partition_id < len(partition.clients):
+        raise ValueError(f"partition id {partition_id} out of range (0..{len(partition.clients) - 1})")
+    own = partition.clients[partition_id]
+    out = []
+    for task in partition.tasks:
+        if own[task]:
+            out += load_task(task, "train", cfg.data.train_n, cfg.seed, cfg.data, indices=own[task])
+    return out
+
+
+@dataclass
+class ClientUpdate:
+    """One client's round: reply arrays and metrics, and the local state to keep."""
+
+    arrays: Groups
+    num_examples: int
+    train_loss: float
+    steps: int
+    seconds: float
+    local_state: Groups
+
+
+class ClientRuntime:
+    """Base model + method, built once; each partition's samples, built on first use."""
+
+    def __init__(self, cfg: Config, partition, bundle=None, pools: Optional[dict] = None):
+        """``partition``: the experiment's `Partition`. ``bundle`` (its model is copied) and
+        ``pools`` (the downstream training pools) let an in-process caller share what it has."""
+        import copy
+
+        import torch
+
+        from fedmllm.data.collate import encode_train
+        from fedmllm.methods import apply_method
+        from fedmllm.models import build_model
+
+        self.cfg, self.partition, self._pools = cfg, partition, pools
+        if bundle is None:  # a fresh process (Ray actor): one torch thread per simulated client
+            torch.set_num_threads(1)
+            bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
+            model = bundle.model
+        else:
+            model = copy.deepcopy(bundle.model)
+        options, self.base_lr = method_options(cfg, cfg.federated.method)
+        self.model, self.method, _ = apply_method(model, cfg.federated.method, options, seed=cfg.seed)
+        self.initial = as_arrays(self.method.get_state(self.model))
+        self.processor = bundle.processor
+        self.collate = lambda batch: encode_train(self.processor, batch)
+        self._samples: dict[int, list] = {}
+        self._algorithms: dict[str, object] = {}
+
+    def client_samples(self, partition_id: int) -> list:
+        """The training samples of one client (cached: a Ray actor serves several clients)."""
+        if partition_id not in self._samples:
+            if self._pools is not None:
+                if not 0 <= partition_id < len(self.partition.clients):
+                    raise ValueError(f"partition id {partition_id} out of range "
+                                     f"(0..{len(self.partition.clients) - 1})")
+                self._samples[partition_id] = self.partition.samples(partition_id, self._pools)
+            else:
+                self._samples[partition_id] = load_client_samples(self.cfg, self.partition, partition_id)
+        return self._samples[partition_id]
+
+    def algorithm(self, name: str):
+        """The client half of algorithm ``name`` (it reads its settings from the payload)."""
+        if name not in self._algorithms:
+            self._algorithms[name] = ALGORITHMS.get(name)()
+        return self._algorithms[name]
+
+    def run_round(self, partition_id: int, payload: Payload, local_state: Groups) -> ClientUpdate:
+        """One round of local training of ``partition_id`` as the payload's algorithm says."""
+        from fedmllm.training.loop import loop_config, train_local
+
+        config = payload.config
+        algo = self.algorithm(str(config[P.ALGORITHM]))
+        server_round, lr, steps = int(config[P.SERVER_ROUND]), float(config[P.LR]), int(config[P.LOCAL_STEPS])
+        samples = self.client_samples(partition_id)
+        state, hooks, plan = algo.prepare(payload, local_state, self.method, self.initial)
+        self.method.set_state(self.model, as_tensors(state))
+        params = self.method.state_parameters(self.model)
+        frozen = [params[k] for k in plan.frozen if params[k].requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        t0 = time.perf_counter()
+        try:
+            stats = train_local(self.model, samples, self.collate,
+                                loop_config(self.cfg.train, lr=lr, steps=steps, warmup_ratio=0.0,
+                                            schedule="constant"),
+                                seed=derive_seed(self.cfg.seed, "client", server_round, partition_id),
+                                hooks=hooks)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        result = LocalResult(as_arrays(self.method.get_state(self.model)), stats.steps, lr, hooks)
+        arrays, new_local = algo.finish(payload, local_state, plan, result)
+        return ClientUpdate(arrays, len(samples), float(stats.loss_mean), stats.steps,
+                            time.perf_counter() - t0, new_local)
+
+
+def client_runtime(experiment_dir: str | Path, experiment_id: str) -> ClientRuntime:
+    """The process-wide cached runtime of an experiment, built from its run directory's
+    ``config.toml`` and ``partition.json`` (one per Ray actor; a new experiment frees the old)."""
+    if experiment_id not in _RUNTIMES:
+        from fedmllm.config import config_from_toml, dumps
+        from fedmllm.data.partition import Partition
+
+        root = Path(experiment_dir)
+        cfg = config_from_toml((root / "config.toml").read_text())
+        if config_key(dumps(cfg)) != experiment_id:
+            raise RuntimeError(f"{root}/config.toml is not experiment {experiment_id}")
+        partition = Partition.from_json((root / "partition.json").read_text())
+        _RUNTIMES.clear()  # one experiment per process at a time: free the previous model
+        _RUNTIMES[experiment_id] = ClientRuntime(cfg, partition)
+    return _RUNTIMES[experiment_id]
+
+
+class ClientStore:
+    """Each client's local state across rounds: ``<root>/<system>/<partition>/round-NNNN.safetensors``.
+
+    A round's file is written (atomically) before the client replies, so the server's checkpoint
+    of round r always finds the clients' round-r state on disk; a resumed round r + 1 reads the
+    newest file of a round < r + 1, so a killed attempt's files are never read, only overwritten.
+    Older files than the one a round started from are removed. ``root=None`` keeps everything in
+    memory (per process; not resumable).
+    """
+
+    def __init__(self, root: Optional[str | Path]):
+        self.root = Path(root) if root else None
+        self._memory: dict[tuple[str, int], dict[int, Groups]] = {}
+
+    def _dir(self, system: str, partition_id: int) -> Path:
+        assert self.root is not None
+        return self.root / system / str(partition_id)
+
+    def _rounds(self, system: str, partition_id: int) -> list[int]:
+        if self.root is None:
+            return sorted(self._memory.get((system, partition_id), {}))
+        folder = self._dir(system, partition_id)
+        if not folder.is_dir():
+            return []
+        return sorted(int(f.stem.split("-")[1]) for f in folder.glob("round-*.safetensors"))
+
+    def load(self, system: str, partition_id: int, before_round: int) -> Groups:
+        """The local state saved in the newest round < ``before_round`` ({} if none)."""
+        rounds = [r for r in self._rounds(system, partition_id) if r < before_round]
+        if not rounds:
+            return {}
+        if self.root is None:
+            return self._memory[(system, partition_id)][rounds[-1]]
+        from safetensors.numpy import load_file
+
+        flat = load_file(str(self._dir(system, partition_id) / f"round-{rounds[-1]:04d}.safetensors"))
+        groups: Groups = {}
+        for name, value in flat.items():
+            group, key = name.split("/", 1)
+            groups.setdefault(group, {})[key] = value
+        return groups
+
+    def save(self, system: str, partition_id: int, server_round: int, groups: Groups) -> None:
+        """Keep ``groups`` as this client's state after ``server_round`` (nothing to keep: no file)."""
+        if not groups:
+            return
+        older = [r for r in self._rounds(system, partition_id) if r < server_round]
+        keep = older[-1] if older else None  # what this round started from: a redo reads it
+        if self.root is None:
+            slot = self._memory.setdefault((system, partition_id), {})
+            slot[server_round] = groups
+            for r in [r for r in slot if r < server_round and r != keep]:
+                del slot[r]
+            return
+        import os
+
+        from safetensors.numpy import save_file
+
+        folder = self._dir(system, partition_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        flat = {f"{g}/{k}": np.ascontiguousarray(v) for g, arrays in groups.items() for k, v in arrays.items()}
+        tmp = folder / f".round-{server_round:04d}.tmp"
+        save_file(flat, str(tmp))
+        os.replace(tmp, folder / f"round-{server_round:04d}.safetensors")
+        for r in older:
+            if r != keep:
+                (folder / f"round-{r:04d}.safetensors").unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The federated round loop, ours rather than Flower's ``Strategy.start``, so it can resume.
+
+Each round: sample clients (seeded by the round: `sampled_partitions`), let the algorithm
+configure one payload per client, exchange them through a `Transport` (Flower's Grid in
+``server/``, or in-process), validate every reply against what the algorithm expects from that
+client (`protocol.validate_reply`: bad replies count as failed clients, they never reach the
+aggregate), measure (an optional observer), aggregate, evaluate, and write an atomic checkpoint.
+A run killed anywhere resumes from the last complete round to the identical result: client seeds
+derive from (seed, round, partition), the sample from (seed, round), and the checkpoint holds the
+global state, the algorithm's server state, RNG states and running totals.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from fedmllm.errors import UserError
+from fedmllm.faults import crash_point
+from fedmllm.federated import protocol as P
+from fedmllm.federated.algorithms import Algorithm, Payload, Reply
+from fedmllm.federated.algorithms.base import Arrays, Groups
+from fedmllm.federated.checkpoint import CheckpointStore, RoundCheckpoint, set_rng_states
+
+
+class RoundFailed(UserError):
+    """Too many clients failed in one round."""
+
+
+@dataclass
+class RawReply:
+    """A client's answer as it came off the wire, not yet validated."""
+
+    arrays: Groups
+    metrics: dict[str, Any]
+
+
+class Transport(Protocol):
+    """Delivers one round's payloads to clients and collects their answers."""
+
+    def exchange(self, server_round: int, payloads: dict[int, Payload]
+                 ) -> tuple[dict[int, RawReply], dict[int, str]]:
+        """Send ``payloads`` (partition id -> payload); return (replies, failures), both keyed by
+        partition id (a failure is the reason, e.g. the client's exception)."""
+        ...
+
+
+def sampling_seed(seed: int, server_round: int) -> int:
+    """The seed of the ``random.Random`` that samples a round's clients."""
+    return seed * 1_000_003 + server_round
+
+
+def sampled_partitions(seed: int, num_clients: int, per_round: int, server_round: int) -> list[int]:
+    """The partitions that train in ``server_round``, sorted: all when ``per_round`` is 0 or
+    covers every client, else ``random.Random(sampling_seed).sample`` of them (the rule the
+    Flower-based loop used, so sampled runs keep their clients)."""
+    if not per_round or per_round >= num_clients:
+        return list(range(num_clients))
+    rng = random.Random(sampling_seed(seed, server_round))
+    return sorted(rng.sample(range(num_clients), per_round))
+
+
+# observer(server_round, global_before, replies) -> extra fields of the round event (e.g. drift)
+Observer = Callable[[int, Arrays, Sequence[Reply]], dict]
+# evaluate(server_round, global_state) -> None (logs and saves what the schedule says)
+Evaluate = Callable[[int, Arrays], None]
+
+
+@dataclass
+class LoopSettings:
+    """What one system's round loop needs besides the algorithm and the transport."""
+
+    system: str
+    rounds: int
+    num_clients: int
+    clients_per_round: int
+    seed: int
+    local_steps: int
+    base_lr: float
+    lr_decay: float = 1.0
+    max_failure_fraction: float = 0.5
+    common_config: dict[str, Any] = field(default_factory=dict)  # experiment id, dirs
+
+    def lr(self, server_round: int) -> float:
+        """The clients' learning rate in ``server_round``: lr x decay^(round - 1)."""
+        return self.base_lr * self.lr_decay ** (server_round - 1)
+
+
+class RoundLoop:
+    """Runs (or resumes) one system: ``run(initial_state)`` returns the final global state."""
+
+    def __init__(self, algorithm: Algorithm, transport: Transport, settings: LoopSettings, *,
+                 log: Callable[[dict], None], metrics_size: Callable[[], int],
+                 checkpoints: Optional[CheckpointStore] = None, observer: Optional[Observer] = None,
+                 evaluate: Optional[Evaluate] = None):
+        self.algo, self.transport, self.s = algorithm, transport, settings
+        self.log, self.metrics_size = log, metrics_size
+        self.checkpoints, self.observer, self.evaluate = checkpoints, observer, evaluate
+        self.totals: dict[str, float] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0, "rounds": 0}
+
+    def resume_point(self) -> Optional[RoundCheckpoint]:
+        """The last complete round's checkpoint of this system, if any."""
+        return self.checkpoints.latest(self.s.system) if self.checkpoints else None
+
+    def run(self, initial_state: Arrays) -> Arrays:
+        state = dict(initial_state)
+        self.algo.init(state)
+        first = 1
+        ckpt = self.resume_point()
+        if ckpt is not None:
+            state, first = ckpt.global_state, ckpt.round + 1
+            self.algo.load_state_dict(ckpt.algorithm)
+            self.totals.update(ckpt.totals)
+            if ckpt.rng:
+                set_rng_states(ckpt.rng)
+        for server_round in range(first, self.s.rounds + 1):
+            state = self.round(server_round, state)
+        return state
+
+    def round(self, server_round: int, state: Arrays) -> Arrays:
+        """One round from ``state``; returns the new global state (checkpointed)."""
+        s, t0 = self.s, time.perf_counter()
+        clients = sampled_partitions(s.seed, s.num_clients, s.clients_per_round, server_round)
+        config = {**s.common_config, P.SERVER_ROUND: server_round, P.LR: s.lr(server_round),
+                  P.LOCAL_STEPS: s.local_steps, P.ALGORITHM: self.algo.name, P.SYSTEM: s.system}
+        payloads = {}
+        for pid in clients:
+            payload = self.algo.configure(server_round, pid, state)
+            payloads[pid] = Payload(payload.arrays, {**config, **payload.config})
+        raw, failures = self.transport.exchange(server_round, payloads)
+        crash_point(s.system, server_round, "train")
+        replies = self._validate(server_round, state, clients, raw, failures)
+        for pid, reason in sorted(failures.items()):
+            self.log({"event": "client_failed", "system": s.system, "round": server_round,
+                      "client": pid, "error": reason})
+        if len(failures) / len(clients) > s.max_failure_fraction:
+            raise RoundFailed(f"round {server_round}: {len(failures)} of {len(clients)} clients failed "
+                              f"(more than federated.max_failure_fraction = {s.max_failure_fraction})")
+        extra = self.observer(server_round, state, replies) if self.observer else {}
+        new_state = self.algo.aggregate(server_round, state, replies)
+        crash_point(s.system, server_round, "aggregate")
+        up = sum(int(r.metrics.get(P.BYTES_OUT, 0)) for r in replies)
+        down = sum(int(r.metrics.get(P.BYTES_IN, 0)) for r in replies)
+        self.totals["bytes_up"] += up
+        self.totals["bytes_down"] += down
+        self.log({"event": "round", "system": s.system, "round": server_round, "clients": len(replies),
+                  "failed": len(failures), "seconds": time.perf_counter() - t0, "end_time": time.time(),
+                  "bytes_down": down, "bytes_up": up, **extra})
+        if self.evaluate is not None:
+            self.evaluate(server_round, new_state)
+        crash_point(s.system, server_round, "evaluate")
+        self.totals["seconds"] += time.perf_counter() - t0
+        self.totals["rounds"] = server_round
+        if self.checkpoints is not None:
+            self.checkpoints.save(s.system, RoundCheckpoint(
+                server_round, new_state, self.algo.state_dict(), dict(self.totals), self.metrics_size()))
+        return new_state
+
+    def _validate(self, server_round: int, state: Arrays, clients: list[int],
+                  raw: dict[int, RawReply], failures: dict[int, str]) -> list[Reply]:
+        """Validated replies in partition order; a malformed one becomes a failure."""
+        replies = []
+        for pid in clients:
+            if pid in failures:
+                continue
+            if pid not in raw:
+                failures[pid] = "no reply"
+                continue
+            if raw[pid].metrics.get(P.CLIENT_FAILED):
+                failures[pid] = "client reported failure"
+                continue
+            try:
+                replies.append(P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
+                                                self.algo.expected(server_round, pid, state),
+                                                who=f"client {pid}"))
+            except P.ReplyError as e:
+                failures[pid] = f"invalid reply: {e}"
+        return replies
