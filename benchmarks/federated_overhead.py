@@ -1,14 +1,17 @@
 """What Flower + Ray add to a round: the federated simulation against the sequential reference.
 
 The same config (tiny-vila, 2 clients, FedAvg, R rounds) runs twice: `run_federated` (Flower's
-Ray simulation backend) and `run_sequential_fedavg` (the same `ClientRuntime.train` calls in a
-loop in this process, no Flower). Local training is calibrated to about 1 s and about 0.1 s per
+Ray simulation backend: the ServerApp's own round loop, `fedmllm.federated.rounds.RoundLoop`, over
+`server.strategy.GridTransport`, clients loading their slice from the run directory's
+partition.json) and `run_sequential_fedavg` (the same `ClientRuntime.run_round` calls the ClientApp
+makes, in a loop in this process: no Flower, no round loop, no checkpoints). Local training is calibrated to about 1 s and about 0.1 s per
 client per round. One-off costs are left out on both sides: Ray start, actor imports and model
 builds, zero-shot and final evaluation (federated), runtime build (sequential); round 1 is not
 timed either (the actors build their runtime in it). A federated round's time is the wall time
 between the ends of consecutive rounds (``end_time`` of the ``round`` events in metrics.jsonl:
-sending, Ray dispatch, training, polling, drift, aggregation, the empty client-side evaluate
-phase, logging); the configure-to-aggregate time (``seconds``) is reported beside it.
+configure, sending, Ray dispatch, training, polling, reply validation, drift, aggregation, logging
+and the round's atomic checkpoint, `CheckpointStore.save`, timed on its own as ``checkpoint_s``);
+the configure-to-log time (``seconds`` of the event) is reported beside it.
 
 With one Ray actor (``num_cpus_per_client = 2`` on 2 cores) the clients train one after the
 other, as in the reference, so the ratio is pure overhead; two actors (one per core) are reported
@@ -34,10 +37,12 @@ from pathlib import Path
 
 import torch
 
-from fedmllm.config import dumps, load_config
+from fedmllm.config import load_config
 from fedmllm.federated import protocol as P
-from fedmllm.federated.runtime import client_runtime
-from fedmllm.federated.sequential import initial_global_state, run_sequential_fedavg
+from fedmllm.federated.algorithms import GLOBAL, Payload
+from fedmllm.federated.checkpoint import CheckpointStore
+from fedmllm.federated.client import ClientRuntime
+from fedmllm.federated.sequential import default_runtime, initial_global_state, run_sequential_fedavg
 from fedmllm.runs import read_events
 
 TARGETS = {"ratio_1s": 1.10, "ratio_0.1s": 1.5}
@@ -53,18 +58,24 @@ def base_overrides(model: str) -> list[str]:
             "federated.save_every=1000"]
 
 
-def calibrate(overrides: list[str], target_s: float, batch: int) -> tuple[int, float]:
-    """Local steps giving about ``target_s`` of training per client, and the step time measured."""
+def calibrate(overrides: list[str], target_s: float, batch: int) -> tuple[int, float, ClientRuntime]:
+    """Local steps giving about ``target_s`` of training per client, the step time measured and
+    the runtime (reused by the sequential runs: it depends on the model, method, data and
+    ``train.*``, which the runs share, not on rounds or local steps)."""
     cfg = load_config(None, [*overrides, f"train.batch_size={batch}"])
-    rt, x0 = client_runtime(dumps(cfg)), initial_global_state(cfg)
-    rt.train(0, x0, 1, lr=cfg.train.lr, steps=2)  # warm-up
-    per_step = statistics.median(rt.train(pid, x0, 1, lr=cfg.train.lr, steps=4).seconds / 4
-                                 for pid in (0, 1, 0, 1, 0, 1))
-    return max(1, round(target_s / per_step)), per_step
+    rt, x0 = default_runtime(cfg), initial_global_state(cfg)
+
+    def seconds(pid: int, steps: int) -> float:
+        config = {P.SERVER_ROUND: 1, P.LR: cfg.train.lr, P.LOCAL_STEPS: steps, P.ALGORITHM: "fedavg"}
+        return rt.run_round(pid, Payload({GLOBAL: x0}, config), {}).seconds
+
+    seconds(0, 2)  # warm-up
+    per_step = statistics.median(seconds(pid, 4) / 4 for pid in (0, 1, 0, 1, 0, 1))
+    return max(1, round(target_s / per_step)), per_step, rt
 
 
-def sequential(cfg) -> dict:
-    _, history = run_sequential_fedavg(cfg)
+def sequential(cfg, runtime: ClientRuntime) -> dict:
+    _, history = run_sequential_fedavg(cfg, runtime=runtime)
     timed = history[1:]
     return {"round_s": [h["seconds"] for h in timed], "train_s": [sum(h["train_seconds"]) for h in timed]}
 
@@ -113,11 +124,34 @@ class LatencyProbe:
                 "between_clients": med([x for r in timed for x in r["between_clients"]])}
 
 
+class CheckpointTimer:
+    """Times `CheckpointStore.save` (the round loop's per-round checkpoint, in this process)."""
+
+    def __init__(self):
+        self.orig, self.seconds = CheckpointStore.save, []
+
+    def __enter__(self):
+        timer = self
+
+        def save(store, system, ckpt):
+            t0 = time.perf_counter()
+            try:
+                return timer.orig(store, system, ckpt)
+            finally:
+                timer.seconds.append(time.perf_counter() - t0)
+
+        CheckpointStore.save = save
+        return self
+
+    def __exit__(self, *exc):
+        CheckpointStore.save = self.orig
+
+
 def federated(cfg, out: Path) -> dict:
     from simulations.federated import run_federated
 
     t0 = time.perf_counter()
-    with LatencyProbe() as probe:
+    with LatencyProbe() as probe, CheckpointTimer() as ckpt:
         run_federated(cfg, str(out))
     total = time.perf_counter() - t0
     events = list(read_events(out))
@@ -131,7 +165,7 @@ def federated(cfg, out: Path) -> dict:
     return {"round_s": [b - a for a, b in zip(ends, ends[1:])],
             "configure_to_aggregate_s": [e["seconds"] for e in timed],
             "train_s": [train[e["round"]] for e in timed], "total_s": total,
-            "latency_s": probe.medians()}
+            "checkpoint_s": ckpt.seconds[1:], "latency_s": probe.medians()}
 
 
 def med(values: list[float]) -> float:
@@ -140,18 +174,18 @@ def med(values: list[float]) -> float:
 
 def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
     target, batch = SETTINGS[label]
-    steps, per_step = calibrate(overrides, target, batch)
+    steps, per_step, runtime = calibrate(overrides, target, batch)
     opts = [*overrides, f"train.batch_size={batch}", f"federated.local_steps={steps}",
             f"federated.rounds={rounds}"]
     print(f"[{label}] batch {batch}, {steps} local steps ({per_step * 1000:.0f} ms/step)", flush=True)
     cfg = load_config(None, opts)
     # The machine is shared: interleave seq, fed (1 actor), seq, fed (2 actors), seq and compare
     # each federated run with the sequential runs on either side of it.
-    seqs, fed = [sequential(cfg)], {}
+    seqs, fed = [sequential(cfg, runtime)], {}
     for actors, cpus in (("1_actor", 2), ("2_actors", 1)):
         fed[actors] = federated(load_config(None, [*opts, f"federated.num_cpus_per_client={cpus}"]),
                                 work / f"{label}-{actors}")
-        seqs.append(sequential(cfg))
+        seqs.append(sequential(cfg, runtime))
         print(f"[{label}] federated {actors}: median round {med(fed[actors]['round_s']):.3f} s "
               f"(whole run {fed[actors]['total_s']:.1f} s); sequential "
               f"{med(seqs[-2]['round_s']):.3f} s before, {med(seqs[-1]['round_s']):.3f} s after", flush=True)
@@ -164,6 +198,7 @@ def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
         "sequential_round_s": ref,
         "federated_round_s": {k: med(v["round_s"]) for k, v in fed.items()},
         "federated_configure_to_aggregate_s": {k: med(v["configure_to_aggregate_s"]) for k, v in fed.items()},
+        "checkpoint_s": {k: med(v["checkpoint_s"]) for k, v in fed.items()},
         "ratio": med(one["round_s"]) / ref["1_actor"],
         "ratio_2_actors": med(fed["2_actors"]["round_s"]) / ref["2_actors"],
         # Outside the clients' training: federated (Flower, Ray, drift, ...) vs sequential

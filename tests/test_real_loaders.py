@@ -168,6 +168,28 @@ def test_gqa_joins_instructions_and_images(tmp_path):
     assert len(load("gqa", "test", source=str(root), n=2, seed=3)) == 2
 
 
+@pytest.mark.parametrize("card", [None, "# GQA\n\nA copy without a dataset card header.\n"])
+def test_gqa_local_folder_without_configs_card(tmp_path, card):
+    # The hub layout (<part>_instructions/, <part>_images/ of parquet files) copied without its
+    # README.md, or with a README that declares no configs: the subfolders are read directly.
+    root = fx.write_gqa(tmp_path)
+    (root / "README.md").unlink()
+    if card is not None:
+        (root / "README.md").write_text(card)
+    test = load("gqa", "test", source=str(root))
+    check_common(test, "gqa", "test")
+    assert ids(test) == ["q1", "q2", "q3", "q4", "q5"]
+    for s in test:
+        k = int(s.meta["image_id"][-1])
+        assert fx.pixel(s) == fx.color(k) and s.question.endswith(f"img{k}?")
+    assert test[1].answers == ["ans q2"] and test[1].meta["qtype"] == "query"
+    train = load("gqa", "train", source=str(root))
+    assert ids(train) == ["t1", "t2", "t3"] and fx.pixel(train[0]) == fx.color(4)
+    # A part whose subfolders are missing names what it looked for.
+    with pytest.raises(UserError, match="val_balanced_instructions/"):
+        load("gqa", "test", source=str(root), config="val_balanced")
+
+
 def test_textvqa_uses_validation_as_test(tmp_path):
     root = fx.write_textvqa(tmp_path)
     test = load("textvqa", "test", source=str(root))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -53,6 +54,19 @@ def system_order(cfg: Config) -> list[str]:
     fed = cfg.federated
     return (["pooled"] if "pooled" in fed.baselines else []) + list(fed.strategies) + \
         (["local"] if "local" in fed.baselines else [])
+
+
+def loop_settings(cfg: Config, system: str, run_path: Path) -> LoopSettings:
+    """The round loop settings of strategy ``system``: rounds, sampling, round lr, failure budget,
+    and the config values every train message carries (experiment id, run dir, client store)."""
+    fed = cfg.federated
+    _, lr = method_options(cfg, fed.method)
+    return LoopSettings(
+        system=system, rounds=fed.rounds, num_clients=fed.num_clients,
+        clients_per_round=fed.clients_per_round, seed=cfg.seed, local_steps=fed.local_steps,
+        base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,
+        common_config={P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
+                       P.CLIENT_STORE: str((run_path / "clients").resolve())})
 
 
 class FederatedExperiment:
@@ -167,15 +181,7 @@ class FederatedExperiment:
             raise UserError(f"strategy {name!r} needs a transport (run it through `fedmllm federated`)")
         fed = self.cfg.federated
         algo = build_algorithm(name, self.cfg.strategy_options.get(name, {}), num_clients=fed.num_clients)
-        _, lr = method_options(self.cfg, fed.method)
-        settings = LoopSettings(
-            system=name, rounds=fed.rounds, num_clients=fed.num_clients,
-            clients_per_round=fed.clients_per_round, seed=self.cfg.seed, local_steps=fed.local_steps,
-            base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,
-            common_config={P.EXPERIMENT_ID: config_key(dumps(self.cfg)),
-                           P.EXPERIMENT_DIR: str(self.run.path.resolve()),
-                           P.CLIENT_STORE: str((self.run.path / "clients").resolve())})
-        loop = RoundLoop(algo, self.transport, settings, log=self.run.log,
+        loop = RoundLoop(algo, self.transport, loop_settings(self.cfg, name, self.run.path), log=self.run.log,
                          metrics_size=self.progress.metrics_size, checkpoints=self.checkpoints,
                          observer=self.observer(name) if self.observer else None,
                          evaluate=lambda r, state: self.evaluate_round(name, r, state))
@@ -225,6 +231,8 @@ class FederatedExperiment:
         train_local(rt.model, samples, rt.collate, loop_config(self.cfg.train, lr=lr, steps=steps),
                     seed=seed, checkpoint=ckpt)
         state = as_arrays(rt.method.get_state(rt.model))
+        if ckpt is not None:
+            ckpt.path.unlink(missing_ok=True)  # the caller records the result durably next
         return state
 
 
@@ -241,13 +249,15 @@ def run_pooled(exp: FederatedExperiment) -> dict:
     steps = fed.rounds * per_round * fed.local_steps
     samples = [s for pid in range(len(exp.partition.clients)) for s in exp.clients.client_samples(pid)]
     t0 = time.perf_counter()
-    state = exp.train_from_initial(samples, steps, derive_seed(exp.cfg.seed, "pooled"), "pooled")
-    from safetensors.numpy import save_file
+    state = exp.pooled_state  # trained by a killed attempt that did not finish evaluating
+    if state is None:
+        from safetensors.numpy import save_file
 
-    path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
-    exp.pooled_state = state
+        state = exp.train_from_initial(samples, steps, derive_seed(exp.cfg.seed, "pooled"), "pooled")
+        path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+        exp.pooled_state = state
     return exp.finish("pooled", "baseline", state, {"steps": steps, "seconds": time.perf_counter() - t0})
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from fedmllm.errors import UserError
+from fedmllm.faults import crash_point
 from fedmllm.training.hooks import TrainHook
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
                     "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "losses": torch.stack(losses).cpu(),
                 })
+                crash_point(checkpoint.path.stem, step + 1)  # kill-and-resume tests
     values = torch.stack(losses).float().tolist()  # one device sync for the whole call
     seconds = time.perf_counter() - start
     if bar is not None:

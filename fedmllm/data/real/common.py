@@ -68,22 +68,51 @@ def check_options(task: str, options: dict, allowed: Iterable[str]) -> None:
                         f"{', '.join(allowed) or 'none'}")
 
 
+def declares_configs(folder: str) -> bool:
+    """True if ``folder`` has a README.md whose YAML header (dataset card) declares ``configs``,
+    as hub repos with several configs do; such a folder is loaded config by config."""
+    readme = Path(folder).expanduser() / "README.md"
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return False
+    header = text[3:].split("\n---", 1)[0]
+    try:
+        import yaml
+
+        meta = yaml.safe_load(header)
+    except Exception:  # an unparsable card: datasets would not find its configs either
+        return False
+    return isinstance(meta, dict) and bool(meta.get("configs"))
+
+
 def load_table(task: str, source: str, split: str, config: Optional[str] = None,
-               **hub_options: Any):
+               data_files: Optional[Sequence[Path]] = None, **hub_options: Any):
     """``datasets.load_dataset(source, config, split=split)`` with every failure a `UserError`.
 
     Works the same for a hub id and for a local folder (``data/{split}-*.parquet`` or a folder
-    with a README declaring configs, as hub repos do).
+    with a README declaring configs, as hub repos do). With ``data_files`` (parquet paths) those
+    files are read as ``split`` instead, ``source`` only naming them in errors.
     """
     import datasets
 
     no_files = (f"{task}: folder {source!r} has none of the expected files: put the dataset's "
                 f"parquet files there as data/{split}-*.parquet")
-    # datasets would read any text file as a "text" dataset: a local folder must hold parquet.
-    if is_local(source) and not any(local_folder(task, source, "parquet files").rglob("*.parquet")):
-        raise UserError(no_files)
+    if data_files is not None:
+        if not data_files:
+            raise UserError(no_files)
+        source_args: tuple = ("parquet",)
+        hub_options = {"data_files": {split: [str(f) for f in data_files]}, **hub_options}
+        hub_options.pop("revision", None)  # local files have no revision
+    else:
+        source_args = (source, config)
+        # datasets would read any text file as a "text" dataset: a local folder must hold parquet.
+        if is_local(source) and not any(
+                local_folder(task, source, "parquet files").rglob("*.parquet")):
+            raise UserError(no_files)
     try:
-        return datasets.load_dataset(source, config, split=split, **hub_options)
+        return datasets.load_dataset(*source_args, split=split, **hub_options)
     except datasets.data_files.EmptyDatasetError:
         raise UserError(no_files) from None
     except datasets.exceptions.DatasetNotFoundError as e:

@@ -7,6 +7,11 @@ id: ``<part>_instructions`` (columns ``id``, ``imageId``, ``question``, ``answer
 Paper train → ``train_balanced``, paper test → ``testdev_balanced`` (lmms-eval's ``gqa``);
 the loader option ``config=`` picks another part (e.g. ``val_balanced``). Stable id: the question
 ``id``. ``meta["qtype"]`` is ``types["structural"]`` (verify, query, choose, logical, compare).
+
+A local folder is read like the hub repo when its README.md declares the configs; without such a
+dataset card it must hold the hub layout's subfolders ``<part>_instructions/`` and
+``<part>_images/`` (the parquet files inside, e.g. ``testdev-00000-of-00001.parquet``), which are
+read directly and joined on ``imageId`` the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,23 @@ SOURCE_CONFIGS = {"train": "train_balanced", "test": "testdev_balanced"}
 COLUMNS = ("id", "imageId", "question", "answer")
 
 
+def _load_config(src: str, source_split: str, config: str, options: dict):
+    """One config of the release: by name from the hub or a folder whose README declares it,
+    else from the folder's ``<config>/`` subfolder of parquet files."""
+    if not c.is_local(src) or c.declares_configs(src):
+        return c.load_table(NAME, src, source_split, config, **options)
+    folder = c.local_folder(NAME, src, f"the GQA subfolders {config}/ (parquet files)")
+    sub = folder / config
+    files = sorted(sub.rglob("*.parquet")) if sub.is_dir() else []
+    if not files:
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        raise UserError(f"{NAME}: folder {src!r} has no README.md declaring configs and no "
+                        f"parquet files under {config}/ (subfolders found: "
+                        f"{', '.join(found) or 'none'}): put the release's {config}/ parquet "
+                        "files there, or a README.md with its dataset card")
+    return c.load_table(NAME, str(sub), source_split, data_files=files, **options)
+
+
 def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[str] = None,
          hub_org: Optional[str] = None, config: Optional[str] = None,
          **options: Any) -> list[Sample]:
@@ -32,9 +54,9 @@ def load(split: str, n: Optional[int] = None, seed: int = 0, source: Optional[st
     src = c.resolve_source(source, REPO, hub_org)
     part = config or SOURCE_CONFIGS[split]
     source_split = part.split("_")[0]
-    questions = c.load_table(NAME, src, source_split, f"{part}_instructions", **options)
+    questions = _load_config(src, source_split, f"{part}_instructions", options)
     c.require_columns(NAME, src, questions, COLUMNS)
-    images = c.load_table(NAME, src, source_split, f"{part}_images", **options)
+    images = _load_config(src, source_split, f"{part}_images", options)
     c.require_columns(NAME, src, images, ("id", "image"))
     image_row = {str(x): j for j, x in enumerate(images["id"])}
     picked = c.subsample(range(len(questions)), n, seed)
