@@ -5,11 +5,19 @@ enough for 1000 iid partitions of at least one sample), the 4 clients sampled pe
 rounds and the local work are the same. Each run is a child process (``--child``) running
 `run_federated` on Flower's Ray backend (2 actors); this process samples the resident set size
 (RSS, via psutil) of the child and all its descendants (Ray's daemons and workers) every 0.2 s.
-Reported: the peak of driver + Ray workers (``ray::`` processes) and the peak including Ray's
-daemons (gcs_server, raylet, ...), per run, plus the per-round wall time from metrics.jsonl and
-the one-off cost of asking every node its partition id (`server.instrument.partition_ids`).
-The LAST line printed is one JSON object ``{"ratio": peak_1000 / peak_10 (driver + workers),
-..., "target": 1.10}``.
+
+What should not grow with the partitions: the server (driver) keeps the partition (saved once
+as the run directory's ``partition.json``), the round loop sends each sampled client's payload
+(round values only: lr, steps, algorithm, experiment id and run directory; never the config), and
+each Ray actor builds its `ClientRuntime` from the run directory and loads only the slices of the
+partitions it serves (`fedmllm.federated.client.load_client_samples`). What does grow: Flower's
+per-node contexts and the one-off ``query`` asking every node its partition id
+(`server.strategy.GridTransport.nodes_by_partition`, the ``node_partitions`` event).
+
+Reported per run: the peak of driver + Ray workers (``ray::`` processes), the peak including
+Ray's daemons (gcs_server, raylet, ...), the largest single worker's peak, the per-round wall
+time from metrics.jsonl and the node query's time. The LAST line printed is one JSON object
+``{"ratio": peak_1000 / peak_10 (driver + workers), ..., "target": 1.10}``.
 
     .venv/bin/python benchmarks/client_scaling.py [--rounds 3] [--per-round 4]
 """
@@ -53,8 +61,9 @@ def child(out: str, opts: list[str]) -> None:
 
 
 def rss_sample(proc: psutil.Process) -> dict[str, int]:
-    """RSS in bytes of the driver, of Ray workers and of the other descendants (daemons)."""
-    out = {"driver": 0, "workers": 0, "daemons": 0}
+    """RSS in bytes of the driver, of Ray workers (and the largest one) and of the other
+    descendants (daemons)."""
+    out = {"driver": 0, "workers": 0, "daemons": 0, "worker_max": 0}
     try:
         out["driver"] = proc.memory_info().rss
         children = proc.children(recursive=True)
@@ -65,7 +74,10 @@ def rss_sample(proc: psutil.Process) -> dict[str, int]:
             name = " ".join(p.cmdline()[:1]) or p.name()
             kind = "workers" if name.startswith("ray::") or "default_worker.py" in " ".join(p.cmdline()) \
                 else "daemons"
-            out[kind] += p.memory_info().rss
+            rss = p.memory_info().rss
+            out[kind] += rss
+            if kind == "workers":
+                out["worker_max"] = max(out["worker_max"], rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
@@ -77,11 +89,11 @@ def measure(partitions: int, rounds: int, per_round: int, work: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = {"driver": 0, "workers": 0, "daemons": 0, "driver+workers": 0, "total": 0}
+    peak = {"driver": 0, "workers": 0, "daemons": 0, "worker_max": 0, "driver+workers": 0, "total": 0}
     while proc.poll() is None:
         s = rss_sample(ps)
         for key, value in (*s.items(), ("driver+workers", s["driver"] + s["workers"]),
-                           ("total", sum(s.values()))):
+                           ("total", s["driver"] + s["workers"] + s["daemons"])):
             peak[key] = max(peak[key], value)
         time.sleep(0.2)
     err = proc.stderr.read()
@@ -91,7 +103,10 @@ def measure(partitions: int, rounds: int, per_round: int, work: Path) -> dict:
     ends = [e["end_time"] for e in events if e["event"] == "round"]
     clients = sorted({e["client"] for e in events if e["event"] == "client_train"})
     asked = [e["seconds"] for e in events if e["event"] == "node_partitions"]
+    if len(clients) == 0 or not ends:
+        raise SystemExit(f"run with {partitions} partitions trained no client (see {out}/metrics.jsonl)")
     return {"peak_mb": {k: round(v / 2**20, 1) for k, v in peak.items()},
+            "partition_json_kb": round((out / "partition.json").stat().st_size / 1024, 1),
             "wall_s": round(time.perf_counter() - t0, 1),
             "round_s": [round(b - a, 3) for a, b in zip(ends, ends[1:])],
             "clients_trained": len(clients), "node_partition_query_s": round(sum(asked), 1)}
@@ -117,7 +132,8 @@ def main() -> None:
     a, b = results[small]["peak_mb"], results[large]["peak_mb"]
     print(json.dumps({
         "ratio": b["driver+workers"] / a["driver+workers"], "ratio_total": b["total"] / a["total"],
-        "ratio_driver": b["driver"] / a["driver"], "partitions": [small, large],
+        "ratio_driver": b["driver"] / a["driver"], "ratio_worker_max": b["worker_max"] / a["worker_max"],
+        "partitions": [small, large],
         "clients_per_round": args.per_round, "rounds": args.rounds,
         "details": {str(k): v for k, v in results.items()}, "target": TARGET}))
 

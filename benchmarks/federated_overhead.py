@@ -3,9 +3,9 @@
 The same config (tiny-vila, 2 clients, FedAvg, R rounds) runs twice: `run_federated` (Flower's
 Ray simulation backend: the ServerApp's own round loop, `fedmllm.federated.rounds.RoundLoop`, over
 `server.strategy.GridTransport`, clients loading their slice from the run directory's
-partition.json) and `run_sequential_fedavg` (the same `ClientRuntime.run_round` calls the ClientApp
-makes, in a loop in this process: no Flower, no round loop, no checkpoints). Local training is calibrated to about 1 s and about 0.1 s per
-client per round. One-off costs are left out on both sides: Ray start, actor imports and model
+partition.json) and `run_sequential_fedavg` (the same `ClientRuntime.run_round` calls the
+ClientApp makes, in a loop in this process: no Flower, no round loop, no checkpoints). Local
+training is calibrated to about 1 s and about 0.1 s per client per round. One-off costs are left out on both sides: Ray start, actor imports and model
 builds, zero-shot and final evaluation (federated), runtime build (sequential); round 1 is not
 timed either (the actors build their runtime in it). A federated round's time is the wall time
 between the ends of consecutive rounds (``end_time`` of the ``round`` events in metrics.jsonl:
@@ -21,7 +21,8 @@ round / median sequential round, one actor), ``per_round_floor_s`` (median of fe
 minus its clients' training time, one actor, 0.1 s setting), ``overhead_s_*`` (that floor minus
 the sequential round's own time outside training: the absolute cost of Flower + Ray per round,
 less exposed than the ratios to the load of a shared machine), ``latency_s_0.1s`` (where a round
-waits: `LatencyProbe`), details and the targets.
+waits: `LatencyProbe`), ``checkpoint_s_0.1s`` (median `CheckpointStore.save`), details and the
+targets.
 
     .venv/bin/python benchmarks/federated_overhead.py [--rounds 8]
 """
@@ -162,10 +163,11 @@ def federated(cfg, out: Path) -> dict:
         if e["event"] == "client_train":
             train[e["round"]] = train.get(e["round"], 0.0) + e["seconds"]
     timed = rounds[1:]
+    # round r's time (end of r - 1 to end of r) holds round r - 1's checkpoint: rounds 1..R-1 are timed
     return {"round_s": [b - a for a, b in zip(ends, ends[1:])],
             "configure_to_aggregate_s": [e["seconds"] for e in timed],
             "train_s": [train[e["round"]] for e in timed], "total_s": total,
-            "checkpoint_s": ckpt.seconds[1:], "latency_s": probe.medians()}
+            "checkpoint_s": ckpt.seconds[:-1], "latency_s": probe.medians()}
 
 
 def med(values: list[float]) -> float:
@@ -227,6 +229,7 @@ def main() -> None:
         "per_round_floor_s": results["0.1s"]["floor_s"],
         "overhead_s_1s": results["1s"]["overhead_s"], "overhead_s_0.1s": results["0.1s"]["overhead_s"],
         "latency_s_0.1s": results["0.1s"]["latency_s"]["1_actor"],
+        "checkpoint_s_0.1s": results["0.1s"]["checkpoint_s"]["1_actor"],
         "ratio_2_actors_1s": results["1s"]["ratio_2_actors"],
         "ratio_2_actors_0.1s": results["0.1s"]["ratio_2_actors"],
         "rounds_timed": args.rounds - 1, "clients": 2, "model": args.model,

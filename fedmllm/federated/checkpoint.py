@@ -33,11 +33,13 @@ def _flatten(groups: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {f"{g}/{k}": np.ascontiguousarray(v) for g, arrays in groups.items() for k, v in arrays.items()}
 
 
-def _unflatten(flat: dict[str, np.ndarray], names: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    groups: dict[str, dict[str, np.ndarray]] = {g: {} for g in names}
-    for name, value in flat.items():
+def _unflatten(flat: dict[str, np.ndarray], order: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Inverse of `_flatten`, in the saved key ``order`` (safetensors sorts keys; sums over a
+    state must run in the same order after a resume to give the same bits)."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for name in order:
         group, key = name.split("/", 1)
-        groups.setdefault(group, {})[key] = value
+        groups.setdefault(group, {})[key] = flat[name]
     return groups
 
 
@@ -91,16 +93,18 @@ class CheckpointStore:
         tmp = folder / f".round-{ckpt.round:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(_flatten({"global": ckpt.global_state}), str(tmp / "global.safetensors"))
+        glob = _flatten({"global": ckpt.global_state})
+        save_file(glob, str(tmp / "global.safetensors"))
         crash_point(system, ckpt.round, "checkpoint")  # a torn checkpoint: only the temp folder
-        algo_arrays = ckpt.algorithm.get("arrays", {})
-        save_file(_flatten(algo_arrays), str(tmp / "algorithm.safetensors"))
+        algo = _flatten(ckpt.algorithm.get("arrays", {}))
+        save_file(algo, str(tmp / "algorithm.safetensors"))
         with open(tmp / "rng.pkl", "wb") as f:
             pickle.dump(ckpt.rng or rng_states(), f)
         write_json(tmp / "state.json", {"round": ckpt.round, "totals": ckpt.totals,
                                         "metrics_offset": ckpt.metrics_offset,
                                         "algorithm_values": ckpt.algorithm.get("values", {}),
-                                        "algorithm_groups": list(algo_arrays)})
+                                        "algorithm_groups": list(ckpt.algorithm.get("arrays", {})),
+                                        "order": {"global": list(glob), "algorithm": list(algo)}})
         if final.exists():  # a redone round whose rename completed but whose pruning did not
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -120,9 +124,10 @@ class CheckpointStore:
         meta = json.loads((folder / "state.json").read_text())
         with open(folder / "rng.pkl", "rb") as f:
             rng = pickle.load(f)  # noqa: S301 - our own file, written by `save`
-        algo = {"arrays": _unflatten(load_file(str(folder / "algorithm.safetensors")), meta["algorithm_groups"]),
+        arrays = _unflatten(load_file(str(folder / "algorithm.safetensors")), meta["order"]["algorithm"])
+        algo = {"arrays": {g: arrays.get(g, {}) for g in meta["algorithm_groups"]},
                 "values": meta["algorithm_values"]}
-        glob = _unflatten(load_file(str(folder / "global.safetensors")), ["global"])["global"]
+        glob = _unflatten(load_file(str(folder / "global.safetensors")), meta["order"]["global"])["global"]
         return RoundCheckpoint(meta["round"], glob, algo, meta["totals"], meta["metrics_offset"], rng)
 
 

@@ -12,6 +12,7 @@ state across rounds (and across a killed and resumed run) on disk.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,13 +188,14 @@ class ClientStore:
             return {}
         if self.root is None:
             return self._memory[(system, partition_id)][rounds[-1]]
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
-        flat = load_file(str(self._dir(system, partition_id) / f"round-{rounds[-1]:04d}.safetensors"))
+        path = self._dir(system, partition_id) / f"round-{rounds[-1]:04d}.safetensors"
         groups: Groups = {}
-        for name, value in flat.items():
-            group, key = name.split("/", 1)
-            groups.setdefault(group, {})[key] = value
+        with safe_open(str(path), framework="np") as f:
+            for name in json.loads(f.metadata()["order"]):  # the saved order, not safetensors' sorted one
+                group, key = name.split("/", 1)
+                groups.setdefault(group, {})[key] = f.get_tensor(name)
         return groups
 
     def save(self, system: str, partition_id: int, server_round: int, groups: Groups) -> None:
@@ -216,7 +218,7 @@ class ClientStore:
         folder.mkdir(parents=True, exist_ok=True)
         flat = {f"{g}/{k}": np.ascontiguousarray(v) for g, arrays in groups.items() for k, v in arrays.items()}
         tmp = folder / f".round-{server_round:04d}.tmp"
-        save_file(flat, str(tmp))
+        save_file(flat, str(tmp), metadata={"order": json.dumps(list(flat))})
         os.replace(tmp, folder / f"round-{server_round:04d}.safetensors")
         for r in older:
             if r != keep:

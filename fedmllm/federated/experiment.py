@@ -135,7 +135,8 @@ class FederatedExperiment:
             return None
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
+        loaded = load_file(str(path))
+        return {k: loaded[k] for k in self.server.initial_state()}  # the state's own key order
 
     # --- running -----------------------------------------------------------------------------
     def run_all(self) -> dict:

@@ -109,7 +109,9 @@ UPPER = f"[{_UP}]"
 SPACE = "[ \t\u00A0\u2000-\u200A\u3000]"
 NEWLINE = "(?:\r\n|[\r\n\u2028\u2029\u000B\u000C\u0085])"
 SPACENL = f"(?:{SPACE}|{NEWLINE})"
-SGML = "<\\/?[A-Za-z!?][^>\r\n]*>"
+_SGML_NAME = "[A-Za-z][A-Za-z0-9_:.\\-]*"
+SGML = (f"<(?:[!?][A-Za-z\\-][^>\r\n]*|{_SGML_NAME}(?:[ ]+{_SGML_NAME}"
+        f"(?:[ ]*=[ ]*(?:'[^']*'|\"[^\"]*\"))?)*[ ]*\\/?|\\/{_SGML_NAME})[ ]*>")
 SENTEND = f"{SPACENL}(?:{SPACENL}|{UPPER}|{SGML})"
 APOS = f"(?:['\u0092\u2019]|{ci('&apos;')})"
 APOSETC = f"(?:{APOS}|[`\u0091\u2018\u201B])"
@@ -143,11 +145,12 @@ APOWORD = ("(?:" + "|".join([
 ]) + ")")
 FULLURL = f"{ci('http')}{ci('s')}?:\\/\\/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){{}},-]"
 LIKELYURL = (f"(?:(?:{ci('www.')}(?:[^ \t\n\f\r\"<>|.!?(){{}},]+\\.)+[a-zA-Z]{{2,4}})"
-             f"|(?:(?:[^ \t\n\f\r\"`'<>|.!?(){{}},\\-_$]+\\.)+{alt('com', 'net', 'org', 'edu')}))"
+             f"|(?:(?:[^ \t\n\f\r\"`'<>|.!?(){{}},-_$]+\\.)+{alt('com', 'net', 'org', 'edu')}))"
              f"(?:\\/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){{}},-])?")
-EMAIL = ("[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0{}]*@(?:[^ \t\n\f\r\"<>|(){}.\u00A0]+\\.)*"
-         "[^ \t\n\f\r\"<>|(){}.\u00A0]+")
-TWITTER = f"(?:@[a-zA-Z_][a-zA-Z_0-9]*|#{WORD})"
+EMAIL = (f"(?:{ci('&lt;')}|<)?[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0{{}}]*@"
+         f"(?:[^ \t\n\f\r\"<>|(){{}}.\u00A0]+\\.)*[^ \t\n\f\r\"<>|(){{}}.\u00A0]+"
+         f"(?:{ci('&gt;')}|>)?")
+TWITTER = f"(?:@[a-zA-Z_][a-zA-Z_0-9]*|#{LETTER}+)"
 DATE = f"{DIGIT}{{1,2}}[\\-\\/]{DIGIT}{{1,2}}[\\-\\/]{DIGIT}{{2,4}}"
 SUBSUPNUM = "[\u207A\u207B\u208A\u208B]?(?:[\u2070\u00B9\u00B2\u00B3\u2074-\u2079]+|[\u2080-\u2089]+)"
 FRAC = f"(?:{DIGIT}{{1,4}}[- \u00A0])?{DIGIT}{{1,4}}(?:\\\\?\\/|\u2044){DIGIT}{{1,4}}"
@@ -167,8 +170,9 @@ ABSTATE = ("(?:" + "|".join(
                      "Penn", "Tenn", "Va", "Vt", "Wisc", "Wis", "Wyo")]
     + [w[0] + ci(w[1:]) for w in ("Az", "Ark", "Del", "Ill", "La", "Mass", "Miss", "Ore", "Pa",
                                   "Tex", "Wash")]) + ")")
-ABCOMP = alt("Inc", "Co", "Cos", "Corp", "Pty", "Ptys", "Pte", "Ptes", "Ppty", "Pptys", "Ppte",
-             "Pptes", "Ltd", "Plc", "Rt", "Bancorp", "Bhd", "Assn", "Univ", "Intl", "Sys")
+_ABCOMP_WORDS = alt("Inc", "Co", "Cos", "Corp", "Ltd", "Plc", "Rt", "Bancorp", "Bhd", "Assn",
+                    "Univ", "Intl", "Sys")
+ABCOMP = f"(?:{_ABCOMP_WORDS}|{ci('P')}{ci('p')}?{ci('t')}[ye]{ci('s')}?)"
 ABNUM = alt("tel", "est", "ext", "sq")
 ABPTIT = f"(?:{alt('Jr', 'Sr', 'Bros', 'Blvd', 'Rd', 'Esq')}|{alt('Ed', 'Ph')}\\.{ci('D')})"
 ABBREV1 = (f"(?:{ABMONTH}|{ABDAYS}|{ABSTATE}|{ABCOMP}|{ABNUM}|{ABPTIT}"
@@ -181,13 +185,12 @@ ABTITLE = ("(?:" + "|".join(
          "Pfc", "Spc", "Supt", "Supts", "Det", "Ft", "Adj", "Adv", "Asst", "Assoc", "Ens", "Insp",
          "Mlle", "Mme", "Msgr", "Sfc"), key=len, reverse=True)]
     + ["M" + ci("iss")]) + ")")
-ABCOMP2 = f"(?:{alt('Invt', 'Elec', 'Natl', 'Dept')}|{ci('M')}[{'fF'}{'tT'}]{ci('g')})"
-ABCOMP2 = f"(?:{alt('Invt', 'Elec', 'Natl', 'Dept', 'Mfg', 'Mtg')})"
+ABCOMP2 = f"(?:{alt('Invt', 'Elec', 'Natl', 'Dept')}|{ci('M')}[ft]{ci('g')})"
 ABBREV4 = (f"(?:{ABTITLE}|{alt('vs', 'Alex', 'Wm', 'Jos', 'Cie', 'cf', 'TREAS', 'Ph')}"
            f"|{ci('a.k.a')}|{ABCOMP2}|{ACRO})")
 ABBREV2 = f"{ABBREV4}\\."
 ACRONYM = f"{ACRO}\\."
-ABBREV3 = f"{alt('ca', 'figs', 'fig', 'prop', 'nos', 'no', 'bldg', 'pp', 'op')}\\."
+ABBREV3 = f"{alt('ca', 'figs', 'fig', 'prop', 'nos', 'no', 'art', 'bldg', 'pp', 'op')}\\."
 ACRO_NEXT = ("(?:" + "|".join(
     [w[0] + ci(w[1:]) for w in sorted(
         ("About", "According", "Additionally", "After", "An", "A", "As", "At", "But", "Earlier",
@@ -196,18 +199,22 @@ ACRO_NEXT = ("(?:" + "|".join(
          "Then", "There", "These", "They", "This", "We", "When", "While", "What", "Yet", "You"),
         key=len, reverse=True)]
     + ["M" + ci("r."), "M" + ci("s."), SGML]) + ")")
+_FILE_EXT = alt("bat", "bmp", "c", "class", "cgi", "cpp", "dll", "doc", "docx", "exe", "gif",
+                "gz", "h", "htm", "html", "jar", "java", "jpeg", "jpg", "mov", "mp3", "pdf", "php",
+                "pl", "png", "ppt", "ps", "py", "sql", "tar", "txt", "wav", "x", "xml", "zip")
+FILENAME = f"[{_L}{_D}]+(?:\\.[{_L}{_D}]+)*\\.{_FILE_EXT}"
 PHONE = (f"(?:(?:\\([0-9]{{2,3}}\\)[ \u00A0]?|(?:\\+\\+?)?(?:[0-9]{{2,4}}[\\- \u00A0])?"
          f"[0-9]{{2,4}}[\\- \u00A0])[0-9]{{3,4}}[\\- \u00A0]?[0-9]{{3,5}}"
          f"|(?:(?:\\+\\+?)?[0-9]{{2,4}}\\.)?[0-9]{{2,4}}\\.[0-9]{{3,4}}\\.[0-9]{{3,5}})")
 LDOTS = "(?:\\.{3,5}|(?:\\.[ \u00A0]){2,4}\\.|[\u0085\u2026])"
 INSENTP = "[,;:\u3001]"
-QUOTES = (f"(?:{APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094"
-          f"\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}})")
+QUOTES = (f"(?:''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094"
+          f"\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}}|{APOS})")
 DBLQUOT = f"(?:\"|{ci('&quot;')})"
 SMILEY = "[<>]?[:;=][\\-o\\*']?[\\(\\)DPdpO\\\\{@\\|\\[\\]]"
 _AS = "[\\^x=~<>]"
 _AS2 = "[\\-\\^x=~<>']"
-ASIANSMILEY = (f"(?:{_AS}\\.{_AS}|{_AS2}_{_AS2}|\\({_AS2}[_.]?{_AS2}\\)"
+ASIANSMILEY = (f"(?:{_AS}\\.\\[\\^{ci('x')}=~<>\\]|{_AS2}_{_AS2}|\\({_AS2}[_.]?{_AS2}\\)"
                f"|\\([\\^x=~<>']-[\\^x=~<>'`]\\))")
 MISCSYMBOL = ("[+%&~\\^|\\\\\u00A6\u00A7\u00A8\u00A9\u00AC\u00AE\u00AF\u00B0-\u00B3\u00B4-\u00BA"
               "\u00D7\u00F7\u0387\u05BE\u05C0\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A"
@@ -257,9 +264,8 @@ def _currency(tok: str) -> str:
 
 
 def _fraction(tok: str) -> str:
-    # "\u2153" -> "2/3" is unreachable in the original (it maps U+2153 twice), so U+2154 stays.
     return (tok.replace("\u00BC", "1/4").replace("\u00BD", "1/2").replace("\u00BE", "3/4")
-            .replace("\u2153", "1/3"))
+            .replace("\u2153", "1/3").replace("\u2154", "2/3"))
 
 
 def _nbsp(tok: str) -> str:
@@ -352,6 +358,7 @@ _RULE_SPECS: list[tuple[str, Optional[str], Action]] = [
     (ABBREV4, SPACE, _keep()),
     (ACRO, SPACENL, _keep()),
     (TBSPEC2, SPACENL, _keep()),
+    (FILENAME, f"(?:{SPACENL}|[.?!,])", _keep()),
     (f"{WORD}\\.", INSENTP, _keep(_soft)),
     (PHONE, None, _keep(lambda t: _parens(_nbsp(t)))),
     (DBLQUOT, "[A-Za-z0-9$]", _keep(lambda t: _quotes(t, True))),
@@ -462,8 +469,47 @@ def lex(text: str) -> list[str]:
     return tokens
 
 
+def _cased(ch: str) -> bool:
+    return ch.lower() != ch or ch.upper() != ch or unicodedata.category(ch) == "Lt"
+
+
+_MID_WORD = frozenset("_-\u00ad\u2027\"'.\u2010\u2011\u2012\u2013\u2014\u2015")
+
+
+def _word_char(tok: str, j: int) -> bool:
+    """Whether ``tok[j]`` continues a word for Java's word BreakIterator (letters, digits and
+    marks, and underscores, dashes, quotes or periods between two letters)."""
+    ch = tok[j]
+    if ch.isalnum() or unicodedata.category(ch) == "Mn":
+        return True
+    return (ch in _MID_WORD and 0 < j < len(tok) - 1 and tok[j - 1].isalpha()
+            and tok[j + 1].isalpha())
+
+
 def _lower(tok: str) -> str:
-    return tok.lower()
+    """Java's ``String.toLowerCase``: as Python's, except for the final-sigma rule, which Java
+    decides within the word around the sigma (``"ΑΣ-Α"`` is one word there)."""
+    if "\u03a3" not in tok:
+        return tok.lower()
+    out = []
+    for i, ch in enumerate(tok):
+        if ch != "\u03a3":
+            out.append(ch.lower())
+            continue
+        j, preceded = i - 1, False
+        while j >= 0 and _word_char(tok, j):
+            if _cased(tok[j]):
+                preceded = True
+                break
+            j -= 1
+        followed, j = False, i + 1
+        while j < len(tok) and _word_char(tok, j):
+            if _cased(tok[j]):
+                followed = True
+                break
+            j += 1
+        out.append("\u03c2" if preceded and not followed else "\u03c3")
+    return "".join(out)
 
 
 def ptb_lex(text: str) -> str:

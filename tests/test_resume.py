@@ -1,0 +1,94 @@
+"""Kill -9 a real federated run at many points, resume it each time, get the uninterrupted result.
+
+The run is the real CLI (`fedmllm federated`) in a subprocess, on the in-process engine (the real
+ServerApp and ClientApp exchanging real Flower messages; no Ray, so each process takes seconds).
+``FEDMLLM_KILL_AT`` (fedmllm/faults.py) makes the process SIGKILL itself at a named point:
+inside the pooled baseline's training (after a loop checkpoint), mid-round (after the clients
+trained, before aggregation), right after aggregation, during evaluation, halfway through writing
+a round checkpoint, between systems, and inside the local baseline. Each killed attempt is
+resumed with ``--resume``; the final run must equal an uninterrupted one: every saved state bit
+for bit, ``results.json`` and ``metrics.jsonl`` equal but for wall-clock fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "data.test_n=4",
+        "data.upstream_n=4", "train.batch_size=4", "federated.num_clients=2", "federated.rounds=3",
+        "federated.local_steps=2", "federated.upstream_n=2", "federated.upstream_every=2",
+        "federated.save_every=2", "federated.backend=inprocess", "federated.baseline_checkpoint_every=2",
+        'federated.strategies=["fedavg", "fedadam", "scaffold"]', 'federated.baselines=["pooled", "local"]',
+        "strategy_options.scaffold.control=option2"]
+# In run order: pooled (12 steps), fedavg, fedadam, scaffold (3 rounds each), local (2 x 6 steps).
+KILL_POINTS = ["pooled/4", "fedavg/2/train", "fedadam/2/aggregate", "fedadam/done",
+               "scaffold/1/evaluate", "scaffold/3/checkpoint", "local-1/2"]
+TIMING = {"seconds", "end_time", "wall_seconds"}
+
+
+def fedmllm(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FEDMLLM_KILL_AT", None)
+    if kill_at:
+        env["FEDMLLM_KILL_AT"] = kill_at
+    exe = Path(sys.executable).with_name("fedmllm")
+    return subprocess.run([str(exe), "federated", *args, *TINY], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def strip(obj):
+    """``obj`` without wall-clock fields (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
+
+
+def events(run: Path) -> list[dict]:
+    out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # node_partitions describes the process (asked again after a restart), not the experiment
+    return [strip(e) for e in out if e["event"] != "node_partitions"]
+
+
+def state_files(run: Path) -> dict[str, bytes]:
+    """Every saved state of the run: adapters, final round checkpoints, client stores."""
+    files = {}
+    for pattern in ("adapters/**/*.safetensors", "checkpoints/**/*.safetensors", "clients/**/*.safetensors"):
+        for f in sorted(run.glob(pattern)):
+            files[str(f.relative_to(run))] = f.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_killed_everywhere_and_resumed_equals_uninterrupted(tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = fedmllm("--out", str(ref))
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = fedmllm("--out", str(run), kill_at=KILL_POINTS[0])
+    assert first.returncode == -9, f"not killed at {KILL_POINTS[0]}: {first.stderr[-1500:]}"
+    for point in KILL_POINTS[1:]:
+        attempt = fedmllm("--resume", str(run), kill_at=point)
+        assert attempt.returncode == -9, f"not killed at {point}: {attempt.stderr[-1500:]}"
+        if point == "scaffold/3/checkpoint":  # torn: only a temporary folder beside round 2
+            folder = run / "checkpoints" / "scaffold"
+            assert sorted(p.name for p in folder.iterdir()) == [".round-0003.tmp", "round-0002"]
+    final = fedmllm("--resume", str(run))
+    assert final.returncode == 0, final.stderr[-2000:]
+
+    assert strip(json.loads((run / "results.json").read_text())) == \
+        strip(json.loads((ref / "results.json").read_text()))
+    mine, theirs = events(run), events(ref)
+    rounds = [(e["system"], e["round"]) for e in mine if e["event"] == "round"]
+    assert rounds == [(s, r) for s in ("fedavg", "fedadam", "scaffold") for r in (1, 2, 3)]  # no repeats
+    assert mine == theirs
+    a, b = state_files(run), state_files(ref)
+    assert set(a) == set(b) and len(a) >= 9
+    assert [k for k in a if a[k] != b[k]] == []  # bit for bit
+    assert not list((run / "checkpoints").glob("*.pt"))  # baseline loop checkpoints cleaned up
