@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmllm.federated import protocol as P
+from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import Payload
 from fedmllm.federated.algorithms.base import Groups
 
@@ -21,7 +22,7 @@ from fedmllm.federated.algorithms.base import Groups
 def numpy_to_record(state: Mapping[str, Any]) -> ArrayRecord:
     """name -> array -> ArrayRecord, keys in order, shapes exactly kept (0-d stays 0-d:
     ``np.ascontiguousarray`` would make it shape (1,))."""
-    return ArrayRecord({k: Array(np.require(np.asarray(v), requirements="C")) for k, v in state.items()})
+    return ArrayRecord({k: Array(contiguous(v)) for k, v in state.items()})
 
 
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 import time
+from logging import WARNING
 from typing import Callable, Iterable, Optional
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
 
 from fedmllm.federated import protocol as P
 from fedmllm.federated.algorithms import Algorithm, Payload
@@ -113,6 +115,8 @@ class AlgorithmStrategy(Strategy):
         self.seed, self.clients_per_round, self.timeout = seed, clients_per_round, timeout
         self.transport: Optional[GridTransport] = None
         self._global: dict = {}
+        self._sent: list[int] = []  # the partitions configured this round
+        self._failures: dict[int, str] = {}  # configured partitions without a node
 
     # --- Flower's Strategy interface (Strategy.start drives it; no checkpoints there) -------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -130,25 +134,38 @@ class AlgorithmStrategy(Strategy):
         for pid in clients:
             p = self.algorithm.configure(server_round, pid, self._global)
             payloads[pid] = Payload(p.arrays, {**base, **p.config})
-        messages, _ = self.transport.messages(payloads)
+        messages, self._failures = self.transport.messages(payloads)
+        self._sent = sorted(payloads)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """Aggregate the valid replies (partition order); as in `RoundLoop`, error replies, replies
+        flagged ``client-failed``, malformed ones and missing ones are failures: left out, logged,
+        and counted in the metrics' ``client-failed``."""
         assert self.transport is not None, "aggregate_train before configure_train"
-        raw, _ = self.transport.decode(replies)
+        raw, failures = self.transport.decode(replies)
+        failures.update(self._failures)
         valid = []
         for pid in sorted(raw):
+            if raw[pid].metrics.get(P.CLIENT_FAILED):
+                failures[pid] = "client reported failure"
+                continue
             try:
                 valid.append(P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
-                                              self.algorithm.expected(server_round, pid, self._global)))
-            except P.ReplyError:
-                continue
+                                              self.algorithm.expected(server_round, pid, self._global),
+                                              who=f"client {pid}"))
+            except P.ReplyError as e:
+                failures[pid] = f"invalid reply: {e}"
+        failures.update({pid: "no reply" for pid in self._sent if pid not in raw and pid not in failures})
+        for pid, reason in sorted(failures.items()):
+            log(WARNING, "round %s: client %s left out: %s", server_round, pid, reason)
         if not valid:
-            return None, None
+            return None, (MetricRecord({P.NUM_CLIENTS: 0, P.CLIENT_FAILED: len(failures)}) if failures else None)
         new = self.algorithm.aggregate(server_round, self._global, valid)
         metrics = P.reduce_metrics([r.metrics for r in valid], [r.num_examples for r in valid])
-        return numpy_to_record(new), MetricRecord({**metrics, P.NUM_CLIENTS: len(valid)})
+        return numpy_to_record(new), MetricRecord({**metrics, P.NUM_CLIENTS: len(valid),
+                                                   P.CLIENT_FAILED: len(failures)})
 
     def configure_evaluate(self, server_round, arrays, config, grid):
         return []  # the global model is evaluated server-side

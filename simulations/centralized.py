@@ -41,7 +41,7 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
     """Tune one (model, method, task) cell, evaluate it and write its result file."""
     from fedmllm.data.collate import encode_train
     from fedmllm.methods import apply_method, trainable_summary
-    from fedmllm.pretrain import loop_config
+    from fedmllm.training.loop import loop_config
     from fedmllm.training.loop import train_local
 
     options, lr = method_options(cfg, method)

@@ -35,7 +35,12 @@ def check_federated(cfg: Config) -> None:
     if not fed.strategies:
         raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
     for name in fed.strategies:
-        build_algorithm(name, dict(cfg.strategy_options.get(name, {})), num_clients=fed.num_clients)
+        algo = build_algorithm(name, dict(cfg.strategy_options.get(name, {})), num_clients=fed.num_clients)
+        per_round = fed.clients_per_round or fed.num_clients
+        if per_round < algo.min_replies():
+            raise UserError(f"strategy {name!r} needs at least {algo.min_replies()} clients per round with "
+                            f"its options, the config trains {per_round}; raise federated.num_clients "
+                            "(or clients_per_round) or lower num_malicious_nodes")
         if not method.averageable and not ALGORITHMS.get(name).handles_non_averageable:
             raise UserError(f"strategy {name!r} cannot aggregate the state of method {fed.method!r} "
                             "(its state is not averageable); choose another method or strategy")

@@ -97,8 +97,6 @@ def test_importing_every_library_module_loads_neither_flower_nor_ray(imported_al
     assert not loaded, f"importing fedmllm loaded {loaded[:10]} ({len(loaded)} modules)"
 
 
-@pytest.mark.xfail(strict=False, reason="fedmllm/federated/ is being rewritten: sequential.py imports "
-                                        "ClientRuntime, which runtime.py no longer defines")
 def test_every_library_module_imports(imported_all):
     # A module that fails to import hides its imports from the check above.
     assert not imported_all["errors"], f"fedmllm modules that fail to import: {imported_all['errors']}"

@@ -3,7 +3,7 @@
 A *state* maps parameter names to arrays (numpy arrays or CPU torch tensors; results are numpy).
 Arithmetic runs in float64; returned model states take the dtype of the global state's entries
 (or of the first client state), optimizer moments stay float64. No Flower, no Ray: the strategies
-in ``server/strategies/`` call these, and so can an in-process simulation or a test.
+in ``fedmllm/federated/algorithms/`` call these, and so can a test.
 
 Sources (equations quoted beside each function):
 - FedAvg: McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
@@ -34,6 +34,12 @@ def to_numpy(x: Any) -> np.ndarray:
             x = x.float()
         return x.numpy()
     return np.asarray(x)
+
+
+def contiguous(x: Any) -> np.ndarray:
+    """A C-contiguous numpy array of ``x`` with its shape kept: a 0-d array stays 0-d
+    (``np.ascontiguousarray`` returns at least 1-d, which broke SCAFFOLD on a scalar entry)."""
+    return np.require(to_numpy(x), requirements="C")
 
 
 def _f64(state: State) -> NDState:

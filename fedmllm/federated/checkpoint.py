@@ -26,11 +26,12 @@ from typing import Any, Optional
 import numpy as np
 
 from fedmllm.faults import crash_point
+from fedmllm.federated.aggregate import contiguous
 from fedmllm.runs import write_json
 
 
 def _flatten(groups: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{g}/{k}": np.ascontiguousarray(v) for g, arrays in groups.items() for k, v in arrays.items()}
+    return {f"{g}/{k}": contiguous(v) for g, arrays in groups.items() for k, v in arrays.items()}
 
 
 def _unflatten(flat: dict[str, np.ndarray], order: list[str]) -> dict[str, dict[str, np.ndarray]]:

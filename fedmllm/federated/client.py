@@ -23,6 +23,7 @@ import numpy as np
 from fedmllm.config import Config, method_options
 from fedmllm.experiment import derive_seed
 from fedmllm.federated import protocol as P
+from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import ALGORITHMS, LocalResult, Payload
 from fedmllm.federated.algorithms.base import Groups, as_arrays, as_tensors
 
@@ -216,7 +217,7 @@ class ClientStore:
 
         folder = self._dir(system, partition_id)
         folder.mkdir(parents=True, exist_ok=True)
-        flat = {f"{g}/{k}": np.ascontiguousarray(v) for g, arrays in groups.items() for k, v in arrays.items()}
+        flat = {f"{g}/{k}": contiguous(v) for g, arrays in groups.items() for k, v in arrays.items()}
         tmp = folder / f".round-{server_round:04d}.tmp"
         save_file(flat, str(tmp), metadata={"order": json.dumps(list(flat))})
         os.replace(tmp, folder / f"round-{server_round:04d}.safetensors")

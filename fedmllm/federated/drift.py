@@ -1,7 +1,7 @@
 """Client-drift measures over one round's client updates.
 
-Definitions (FIELD_NOTES "Drift measures"), with Delta_k = y_k - x the update of client k from the
-global state x it started from, and p_k = n_k / sum_j n_j:
+Definitions (sources beside each), with Delta_k = y_k - x the update of client k from the global
+state x it started from, and p_k = n_k / sum_j n_j:
 
 - update norm ||Delta_k||;
 - pairwise cosine cos(Delta_k, Delta_j) and cosine to the weighted mean update sum_j p_j Delta_j;

@@ -22,6 +22,7 @@ from fedmllm.errors import UserError
 from fedmllm.experiment import ExperimentData, derive_seed
 from fedmllm.faults import crash_point
 from fedmllm.federated import protocol as P
+from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import build_algorithm
 from fedmllm.federated.algorithms.base import Arrays
 from fedmllm.federated.checkpoint import CheckpointStore, Progress
@@ -257,7 +258,7 @@ def run_pooled(exp: FederatedExperiment) -> dict:
         state = exp.train_from_initial(samples, steps, derive_seed(exp.cfg.seed, "pooled"), "pooled")
         path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+        save_file({k: contiguous(v) for k, v in state.items()}, str(path))
         exp.pooled_state = state
     return exp.finish("pooled", "baseline", state, {"steps": steps, "seconds": time.perf_counter() - t0})
 

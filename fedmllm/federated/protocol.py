@@ -20,6 +20,7 @@ A train reply (client -> server) holds:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -110,10 +111,13 @@ def validate_reply(partition_id: int, arrays: Mapping[str, Mapping[str, Any]],
     for key in REQUIRED_METRICS:
         if key not in metrics:
             raise ReplyError(f"{who} has no metric {key!r}")
+        if not isinstance(metrics[key], numbers.Real):  # a list or a string would raise TypeError below
+            raise ReplyError(f"{who}: metric {key!r} must be a number, got {metrics[key]!r}")
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, numbers.Real) and not math.isfinite(float(v)) for v in values):
             raise ReplyError(f"{who}: metric {key!r} is not finite ({value})")
-    if int(metrics[PARTITION_ID]) != int(partition_id):
+    if float(metrics[PARTITION_ID]) != int(partition_id):
         raise ReplyError(f"{who} claims partition {metrics[PARTITION_ID]}, sent to {partition_id}")
     n = metrics[NUM_EXAMPLES]
     if isinstance(n, bool) or float(n) != int(n) or int(n) < 1:

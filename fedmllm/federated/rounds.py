@@ -138,6 +138,9 @@ class RoundLoop:
         if len(failures) / len(clients) > s.max_failure_fraction:
             raise RoundFailed(f"round {server_round}: {len(failures)} of {len(clients)} clients failed "
                               f"(more than federated.max_failure_fraction = {s.max_failure_fraction})")
+        if len(replies) < self.algo.min_replies():
+            raise RoundFailed(f"round {server_round}: {len(replies)} valid replies, strategy {self.algo.name!r} "
+                              f"needs at least {self.algo.min_replies()}")
         extra = self.observer(server_round, state, replies) if self.observer else {}
         new_state = self.algo.aggregate(server_round, state, replies)
         crash_point(s.system, server_round, "aggregate")

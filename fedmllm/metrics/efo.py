@@ -1,6 +1,6 @@
 """Specialization (E), stabilization/forgetting (F) and overall (O) of a tuned model.
 
-Definitions (DESIGN.md, after Huang et al. 2025, arXiv 2503.04543), for a downstream (target)
+Definitions (after Huang et al. 2025, arXiv 2503.04543; README "Metrics"), for a downstream (target)
 dataset d, base model M0, model Md tuned on d, and scores S in percent:
 
     E_d = S(Md, d) - S(M0, d)                                  specialization improvement

@@ -70,9 +70,35 @@ def _cat(cp: int) -> str:
     return unicodedata.category(chr(cp))
 
 
-_L = _class(lambda cp: _cat(cp).startswith("L"))          # JFlex [:letter:] (Character.isLetter)
-_D = _class(lambda cp: _cat(cp) == "Nd")                  # JFlex [:digit:] (Character.isDigit)
-_UP = _class(lambda cp: _cat(cp) == "Lu")                 # JFlex [:uppercase:]
+def _ranges(spec: str) -> frozenset[int]:
+    out: set[int] = set()
+    for part in spec.split():
+        a, _, b = part.partition("-")
+        out.update(range(int(a, 16), int(b or a, 16) + 1))
+    return frozenset(out)
+
+
+# The jar's character tables are older than Python's Unicode database. Measured with the jar
+# (every BMP character alone, between letters, before ".5" and after "etc. "): letters and digits
+# assigned or re-categorized since are untokenizable there (deleted), two Mongolian letters since
+# turned into marks are still letters, and [:uppercase:] is Java's isUpperCase of its time.
+_JAVA_UNKNOWN = _ranges(
+    "037F 0528-052F 0560 0588 05EF 0860-086A 0870-0887 0889-088E 08A1 08AD-08C9 0978 0980 09FC "
+    "0AF9 0C34 0C5A 0C5D 0C80 0CDD 0D04 0D54-0D56 0D5F 0DE6-0DEF 0E86 0E89 0E8C 0E8E-0E93 0E98 "
+    "0EA0 0EA8-0EA9 0EAC 13F5 13F8-13FD 16F1-16F8 170D 171F 1878 191D-191E 19B0-19C0 19C8-19C9 "
+    "1B4C 1C80-1C88 1C90-1CBA 1CBD-1CBF 1CF2-1CF3 1CFA 2C2F 2C5F 312E-312F 31BB-31BF 4DB6-4DBF "
+    "9FCD-9FFF A698-A69D A78F A794-A79F A7AB-A7CA A7D0-A7D1 A7D3 A7D5-A7D9 A7F2-A7F7 A8FD-A8FE "
+    "A9E0-A9E4 A9E6-A9FE AA7E-AA7F AB30-AB5A AB5C-AB69 AB70-ABBF")
+_JAVA_LETTER = _ranges("1885-1886")
+_JAVA_NOT_UPPER = _ranges("13A0-13F4")
+_JAVA_UPPER = _ranges("2160-216F 24B6-24CF")
+
+# JFlex [:letter:] (Character.isLetter), [:digit:] (Character.isDigit), [:uppercase:].
+_L = _class(lambda cp: (_cat(cp).startswith("L") and cp not in _JAVA_UNKNOWN)
+            or cp in _JAVA_LETTER)
+_D = _class(lambda cp: _cat(cp) == "Nd" and cp not in _JAVA_UNKNOWN)
+_UP = _class(lambda cp: (_cat(cp) == "Lu" and cp not in _JAVA_NOT_UPPER and cp not in _JAVA_UNKNOWN)
+              or cp in _JAVA_UPPER)
 # Extra "letters" of the tokenizer's WORD (combining marks and a few letter-like ranges).
 _EXTRA = ("\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F\u0370-\u037D"
           "\u0384\u0385\u03CF\u03F6\u03FC-\u03FF\u0483-\u0487\u04CF\u04F6-\u04FF\u0510-\u0525"
@@ -411,7 +437,7 @@ _RULES = [(_compile(m, t), t is not None, act) for m, t, act in _RULE_SPECS]
 # match there gives the same token (or is one of the few split words below).
 _PLAIN = re.compile("[A-Za-z]+(?=[ \n]|$)")
 _SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
-_SPACES = re.compile("[ \t]+")
+_SPACES = re.compile(f"[ \t]{SPACE}*")  # at a space or tab only the space run can match
 
 
 def _to_utf16_units(text: str) -> str:

@@ -69,7 +69,7 @@ def _drift_plot(rounds: dict[str, list[dict]], path: Path) -> None:
     for ax, (key, label) in zip(axes.flat, keys):
         for system, rs in rounds.items():
             for prefix in (("",) if key == "lora_discrepancy" else ("all.", "lora_dW.")):
-                ys = [r["drift"].get(prefix + key) for r in rs]
+                ys = [r.get("drift", {}).get(prefix + key) for r in rs]
                 if any(y is not None for y in ys):
                     ax.plot([r["round"] for r in rs], ys, marker="o", ms=3,
                             label=f"{system}{' ' + prefix.rstrip('.') if prefix else ''}")
@@ -120,11 +120,11 @@ def build_plots(run_dir: Path, events: list[dict], systems: list[dict]) -> list[
             per = {t: ([e["round"] for e in es], [e["downstream"][t] for e in es]) for t in es[0]["downstream"]}
             _line_plot(per, f"{s}: downstream score per dataset", "score", plots / f"rounds_tasks_{s}.png")
             out.append(f"rounds_tasks_{s}.png")
-    if rounds:
+    if any(r.get("drift") for rs in rounds.values() for r in rs):  # off: federated.instrument = false
         _drift_plot(rounds, plots / "drift.png")
         out.append("drift.png")
         for s, rs in rounds.items():
-            d = rs[-1]["drift"]
+            d = rs[-1].get("drift", {})
             key = "lora_dW.cosine_matrix" if d.get("lora_dW.cosine_matrix") else "all.cosine_matrix"
             if d.get(key):
                 _heatmap(d[key], d.get("clients", list(range(len(d[key])))),
@@ -158,7 +158,7 @@ def build_federated_report(run_dir: Path) -> Path:
                   "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
                   "(negative = forgetting); O = E + F, averaged over datasets.\n",
                   comparison_table(systems, zero), ""]
-    if rounds:
+    if any(r.get("drift") for rs in rounds.values() for r in rs):  # off: federated.instrument = false
         parts += ["## Communication\n", communication_table(systems, rounds), ""]
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:

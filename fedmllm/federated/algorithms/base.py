@@ -118,6 +118,10 @@ class Algorithm:
     def validate(self) -> None:
         """Range checks of ``self.options`` (raise ValueError)."""
 
+    def min_replies(self) -> int:
+        """The fewest valid replies a round can aggregate (robust rules need more than one)."""
+        return 1
+
     def resolved_options(self) -> dict[str, Any]:
         """Every option's effective value (written to the run's config.toml)."""
         return dict(self.options)

@@ -20,6 +20,10 @@ class Bulyan(Algorithm):
         if self.options["num_malicious_nodes"] < 0:
             raise ValueError(f"num_malicious_nodes must be >= 0, got {self.options['num_malicious_nodes']}")
 
+    def min_replies(self) -> int:
+        """n >= 4f + 3 (El Mhamdi et al. 2018)."""
+        return 4 * self.options["num_malicious_nodes"] + 3
+
     def aggregate(self, server_round, global_state, replies):
         state, _ = bulyan([r.arrays[STATE] for r in replies], self.options["num_malicious_nodes"])
         return merge(global_state, state)

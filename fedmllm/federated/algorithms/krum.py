@@ -23,6 +23,10 @@ class Krum(Algorithm):
         if self.options["num_malicious_nodes"] < 0:
             raise ValueError(f"num_malicious_nodes must be >= 0, got {self.options['num_malicious_nodes']}")
 
+    def min_replies(self) -> int:
+        """n > 2f + 2 (Blanchard et al. 2017)."""
+        return 2 * self.options["num_malicious_nodes"] + 3
+
     def aggregate(self, server_round, global_state, replies):
         state, _ = krum([r.arrays[STATE] for r in replies], self.options["num_malicious_nodes"])
         return merge(global_state, state)

@@ -21,6 +21,10 @@ class MultiKrum(Algorithm):
             raise ValueError("need num_malicious_nodes >= 0 and num_nodes_to_select >= 1, got "
                              f"{self.options['num_malicious_nodes']}, {self.options['num_nodes_to_select']}")
 
+    def min_replies(self) -> int:
+        """n > 2f + 2, and m of them to select."""
+        return max(2 * self.options["num_malicious_nodes"] + 3, self.options["num_nodes_to_select"])
+
     def aggregate(self, server_round, global_state, replies):
         state, _ = krum([r.arrays[STATE] for r in replies], self.options["num_malicious_nodes"],
                         num_selected=self.options["num_nodes_to_select"],

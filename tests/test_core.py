@@ -1,0 +1,158 @@
+"""The federated core's contracts on the real client runtime: state plans (shared / local /
+frozen keys), the client store, resolved options in config.toml and `fedmllm config`, and the
+in-process engine end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmllm.config import load_config
+from fedmllm.federated import protocol as P
+from fedmllm.federated.algorithms import GLOBAL, MODEL, STATE, Payload, StatePlan
+from fedmllm.federated.algorithms.fedavg import FedAvg
+from fedmllm.federated.client import ClientStore
+from fedmllm.federated.experiment import resolve_strategy_options
+from fedmllm.federated.sequential import default_runtime
+
+TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "data.test_n=4",
+        "data.upstream_n=4", "train.batch_size=4", "federated.num_clients=2", "federated.rounds=2",
+        "federated.local_steps=2", "federated.upstream_n=2", "federated.baselines=[]"]
+
+
+class KeepBLocal(FedAvg):
+    """FedSA-LoRA-shaped test plan: A shared, B kept on the client."""
+
+    name = "test-keep-b-local"
+
+    def plan(self, client, shapes):
+        return StatePlan(shared=tuple(k for k in shapes if "lora_B" not in k),
+                         local=tuple(k for k in shapes if "lora_B" in k))
+
+
+class FreezeA(FedAvg):
+    """FFA-LoRA-shaped test plan: A frozen on the client, B trained."""
+
+    name = "test-freeze-a"
+
+    def client_plan(self, payload, shapes, received):
+        return StatePlan(shared=tuple(k for k in shapes if "lora_B" in k),
+                         frozen=tuple(k for k in shapes if "lora_A" in k))
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return default_runtime(load_config(None, TINY))
+
+
+def round_config(server_round: int, name: str) -> dict:
+    return {P.SERVER_ROUND: server_round, P.LR: 1e-2, P.LOCAL_STEPS: 2, P.ALGORITHM: name}
+
+
+def test_local_keys_stay_on_the_client_and_carry_over_rounds(runtime):
+    algo = KeepBLocal()
+    runtime._algorithms[algo.name] = algo
+    x = dict(runtime.initial)
+    b_keys = [k for k in x if "lora_B" in k]
+    assert b_keys and all(not x[k].any() for k in b_keys)  # LoRA's B starts at zero
+    payload = algo.configure(1, 0, x)
+    assert set(payload.arrays[GLOBAL]) == set(x) - set(b_keys)  # B never travels down
+    payload.config.update(round_config(1, algo.name))
+    first = runtime.run_round(0, payload, {})
+    assert set(first.arrays[STATE]) == set(x) - set(b_keys)  # ... nor up
+    own_b = first.local_state[MODEL]
+    assert set(own_b) == set(b_keys) and any(own_b[k].any() for k in b_keys)  # trained, kept
+    state, _, plan = algo.prepare(algo.configure(2, 0, x), first.local_state, runtime.method, runtime.initial)
+    assert plan.local == tuple(b_keys)
+    assert all(np.array_equal(state[k], own_b[k]) for k in b_keys)  # round 2 starts from its own B
+
+
+def test_frozen_keys_do_not_train(runtime):
+    algo = FreezeA()
+    runtime._algorithms[algo.name] = algo
+    x = dict(runtime.initial)
+    payload = Payload({GLOBAL: {k: v for k, v in x.items() if "lora_B" in k}}, round_config(1, algo.name))
+    update = runtime.run_round(1, payload, {})
+    params = runtime.method.state_parameters(runtime.model)
+    a_keys = [k for k in x if "lora_A" in k]
+    assert all(params[k].requires_grad for k in a_keys)  # restored after the round
+    live = {k: p.detach().numpy() for k, p in params.items()}
+    assert all(np.array_equal(live[k], x[k]) for k in a_keys)  # A never moved
+    assert set(update.arrays[STATE]) == {k for k in x if "lora_B" in k}
+    assert any(np.abs(update.arrays[STATE][k]).max() > 0 for k in update.arrays[STATE])  # B trained
+
+
+def test_state_plan_rejects_a_key_in_two_roles():
+    with pytest.raises(ValueError, match="both shared and local"):
+        StatePlan(shared=("a",), local=("a",))
+
+
+@pytest.mark.parametrize("root", ["disk", None])
+def test_client_store_reads_the_round_before_and_prunes(tmp_path, root):
+    store = ClientStore(tmp_path / "store" if root else None)
+    state = lambda v: {"g": {"x": np.full((2,), v, np.float32), "y": np.zeros((), np.float32)}}  # noqa: E731
+    assert store.load("s", 0, 1) == {}
+    for r in (1, 2, 3):
+        store.save("s", 0, r, state(float(r)))
+    assert store.load("s", 0, 4)["g"]["x"].tolist() == [3.0, 3.0]
+    assert store.load("s", 0, 3)["g"]["x"].tolist() == [2.0, 2.0]  # a redo of round 3 reads round 2
+    assert store.load("s", 0, 3)["g"]["y"].shape == ()  # 0-d stays 0-d
+    assert list(store.load("s", 0, 4)["g"]) == ["x", "y"]  # saved key order
+    assert store.load("s", 1, 4) == {}  # per client
+    if root:
+        files = sorted(p.name for p in (tmp_path / "store" / "s" / "0").iterdir())
+        assert files == ["round-0002.safetensors", "round-0003.safetensors"]
+    store.save("s", 0, 3, state(9.0))  # a redone round overwrites
+    assert store.load("s", 0, 4)["g"]["x"].tolist() == [9.0, 9.0]
+
+
+def test_resolved_strategy_options_are_recorded_and_shown(tmp_path):
+    cfg = resolve_strategy_options(load_config(None, [*TINY, 'federated.strategies=["fedadam", "scaffold"]',
+                                                      "strategy_options.fedadam.eta=0.05"]))
+    assert cfg.strategy_options["fedadam"] == {"eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3,
+                                               "v_init": pytest.approx(1e-6)}
+    assert cfg.strategy_options["scaffold"] == {"server_lr": 1.0, "num_clients": 2, "control": "option2"}
+    from fedmllm.runs import RunDir
+
+    run = RunDir.create(tmp_path / "run", cfg, "federated")
+    saved = load_config(run.path / "config.toml")
+    assert saved.strategy_options == cfg.strategy_options
+    assert resolve_strategy_options(saved) == saved  # resolving twice changes nothing (resume)
+    out = subprocess.run([str(Path(sys.executable).with_name("fedmllm")), "config"], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "[strategy_options.fedadam] eta = 0.01, beta_1 = 0.9, beta_2 = 0.99, tau = 0.001, v_init = 1e-06" in out
+    assert "[strategy_options.multikrum] num_malicious_nodes = 0, num_nodes_to_select = 1" in out
+
+
+@pytest.mark.slow
+def test_inprocess_engine_runs_the_whole_experiment(tmp_path):
+    """`fedmllm federated` with federated.backend=inprocess: every artifact, no Ray."""
+    from simulations.federated import run_federated
+
+    cfg = load_config(None, [*TINY, 'federated.strategies=["fedavg", "fedmedian"]', "federated.backend=inprocess",
+                             'federated.baselines=["pooled"]', "federated.instrument=false"])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    results = json.loads((run / "results.json").read_text())
+    assert [s["system"] for s in results["systems"]] == ["pooled", "fedavg", "fedmedian"]
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "client_train"]  # instrument off
+    rounds = [e for e in events if e["event"] == "round"]
+    assert len(rounds) == 4 and all("drift" not in e and e["bytes_up"] > 0 for e in rounds)
+    assert (run / "checkpoints" / "fedavg" / "round-0002" / "global.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name, options, needed", [("krum", {}, 3), ("multikrum", {"num_malicious_nodes": 1}, 5),
+                                                   ("bulyan", {"num_malicious_nodes": 1}, 7)])
+def test_robust_rules_need_enough_clients_before_any_compute(name, options, needed):
+    from fedmllm.errors import UserError
+    from simulations.federated import check_federated
+
+    table = ", ".join(f"{k} = {v}" for k, v in options.items())
+    cfg = load_config(None, [*TINY, f'federated.strategies=["{name}"]', f"strategy_options.{name}={{{table}}}"])
+    with pytest.raises(UserError, match=f"needs at least {needed} clients per round"):
+        check_federated(cfg)
