@@ -601,7 +601,7 @@ class FakeClients:
         trained = {**state, **{k: p.detach().numpy().copy() for k, p in params.items()}}
         arrays, new_local = algo.finish(payload, local, plan, LocalResult(trained, steps, lr, hooks))
         self.store.save(system, pid, rnd, new_local)
-        return RawReply(arrays, {P.NUM_EXAMPLES: self.counts[pid], P.TRAIN_LOSS: float(loss),
+        return RawReply(arrays, {P.NUM_EXAMPLES: self.counts[pid], P.TRAIN_LOSS: float(loss.detach()),
                                  P.PARTITION_ID: pid, P.CLIENT_FAILED: 0, P.STEPS: steps})
 
 

@@ -158,7 +158,7 @@ def build_federated_report(run_dir: Path) -> Path:
                   "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
                   "(negative = forgetting); O = E + F, averaged over datasets.\n",
                   comparison_table(systems, zero), ""]
-    if any(r.get("drift") for rs in rounds.values() for r in rs):  # off: federated.instrument = false
+    if rounds:
         parts += ["## Communication\n", communication_table(systems, rounds), ""]
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:
