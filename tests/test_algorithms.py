@@ -21,6 +21,7 @@ import itertools
 import math
 import re
 import shutil
+from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -72,6 +73,15 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture(autouse=True)
+def no_gc_in_flower_arrays(monkeypatch):
+    """Flower's ``ArrayRecord.to_numpy_ndarrays(keep_input=False)`` (its Bulyan) runs a full
+    ``gc.collect()`` per array, ~0.3 s each once torch is loaded; skip it (memory only)."""
+    import flwr.app.message.arrayrecord as arrayrecord
+
+    monkeypatch.setattr(arrayrecord, "gc", SimpleNamespace(collect=lambda: 0))
 
 
 _message_ids = itertools.count(1)
@@ -129,8 +139,8 @@ def node(pid: int, handler: Callable[[Payload], RawReply]) -> Callable[[Message]
         try:
             answer = handler(decode_payload(msg.content))
         except Exception as e:  # noqa: BLE001 - an error reply, as Flower's simulation makes it
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(e).__name__}: {e}"),
-                           reply_to=msg)
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(e).__name__}: {e}")
+            return Message(error, reply_to=msg)
         return Message(encode_reply(answer.arrays, answer.metrics), reply_to=msg)
     return handle
 
@@ -213,6 +223,12 @@ def test_metric_reduction_on_flower_messages():
     assert m[P.TRAIN_LOSS] == pytest.approx(0.75)  # 0.25*0 + 0.75*1
     assert m[P.NUM_EXAMPLES] == 4 and m[P.BYTES_IN] == 200 and m[P.SECONDS] == 1.5
     assert P.PARTITION_ID not in m and m[P.NUM_CLIENTS] == 2 and m[P.CLIENT_FAILED] == 0
+    # was (test_every_strategy_runs_flower_start_loop): client evaluation metrics, weighted by
+    # num-examples 2, 3, 1; evaluation is server-side now, the reduction is the same function
+    evals = [{P.NUM_EXAMPLES: n, "accuracy": pid / 10, P.PARTITION_ID: pid}
+             for pid, n in enumerate((2, 3, 1))]
+    reduced = P.reduce_metrics(evals, [e[P.NUM_EXAMPLES] for e in evals])
+    assert reduced["accuracy"] == pytest.approx((0 + 0.3 + 0.2) / 6) and reduced[P.NUM_EXAMPLES] == 6
 
 
 def test_fedavgm_matches_hsu_update_over_three_rounds():
@@ -428,9 +444,11 @@ def test_fedavg_and_fedprox_equal_flower(seed, dtype):
     compare(build_algorithm("fedavg"), FlwrFedAvg(), seed, dtype)
     algo, flwr = build_algorithm("fedprox", {"proximal_mu": 0.3}), FlwrFedProx(proximal_mu=0.3)
     compare(algo, flwr, seed, dtype, rounds=2)
-    _, messages = flower_round(flwr, 1, random_start(seed, dtype), updates(seed), [1, 2])
+    x = random_start(seed, dtype)
+    _, messages = flower_round(flwr, 1, x, updates(seed), [1, 2])
+    ours = algo.configure(1, 0, x).config
     for msg in messages:  # configure carries the same mu under the same key
-        assert msg.content["config"][PROXIMAL_MU] == algo.configure(1, 0, random_start(seed, dtype)).config[PROXIMAL_MU]
+        assert msg.content["config"][PROXIMAL_MU] == ours[PROXIMAL_MU] == 0.3
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -499,7 +517,8 @@ def test_flower_fedadam_differs_by_bias_correction_on_random_inputs(seed, dtype)
         new_x = ours_round(ours, t, x, answer, counts)
         new_y, _ = flower_round(flwr, t, y, answer, counts)
         factor = np.sqrt(1 - 0.99 ** (t + 1)) / (1 - 0.9 ** (t + 1))
-        predicted = {k: y[k].astype(np.float64) + factor * (new_x[k].astype(np.float64) - x[k]) for k in x}
+        predicted = {k: y[k].astype(np.float64) + factor * (new_x[k].astype(np.float64) - x[k])
+                     for k in x}
         # Flower's eta_norm is a numpy float64 scalar, so its FedAdam returns float64 states
         # for float32 ones (ours keeps the state's dtype)
         assert all(v.dtype == dtype for v in new_x.values())
@@ -570,9 +589,11 @@ class FakeClients:
 
     def __init__(self, store: ClientStore, initial: Arrays, counts=COUNTS):
         self.store, self.initial, self.counts = store, initial, counts
-        self.targets = {pid: {k: torch.tensor((v + (pid + 1) * np.random.default_rng([pid, i]).normal(
-            size=v.shape)).astype(np.float32)) for i, (k, v) in enumerate(initial.items())}
-            for pid in range(len(counts))}
+        self.targets = {}  # t_pid: the initial state moved by (pid + 1) x noise
+        for pid in range(len(counts)):
+            rng = np.random.default_rng([11, pid])
+            self.targets[pid] = {k: torch.tensor(v + (pid + 1) * rng.normal(size=v.shape).astype(np.float32))
+                                 for k, v in initial.items()}
 
     def train(self, pid: int, payload: Payload) -> RawReply:
         cfg = payload.config
@@ -620,7 +641,8 @@ class LocalTransport:
     def exchange(self, server_round, payloads):
         raw = {}
         for pid, payload in sorted(payloads.items()):
-            msg = wire(Message(encode_payload(payload), dst_node_id=NODE + pid, message_type=MessageType.TRAIN))
+            msg = wire(Message(encode_payload(payload), dst_node_id=NODE + pid,
+                               message_type=MessageType.TRAIN))
             answer = self.clients.train(pid, decode_payload(msg.content))
             back = wire(Message(encode_reply(answer.arrays, answer.metrics), reply_to=msg))
             raw[pid] = RawReply(decode_groups(back.content), decode_metrics(back.content))
@@ -651,15 +673,15 @@ def loop_settings(num_clients=len(COUNTS), **changes) -> LoopSettings:
 
 
 def run_loop(name, root, options=None, *, shapes=CONTRACT_SHAPES, crash_in_round=None,
-             observer=None, evaluate=None):
+             observer=None, evaluate=None, settings=None):
     """One run of our RoundLoop under ``root`` (checkpoints and client store there); returns
     (final state, events, loop, algorithm, clients)."""
     algo = build_algorithm(name, CONTRACT[name] if options is None else options, num_clients=len(COUNTS))
     clients = FakeClients(ClientStore(root / "clients"), initial_state(shapes))
     events: list[dict] = []
-    loop = RoundLoop(algo, LocalTransport(clients, crash_in_round), loop_settings(), log=events.append,
-                     metrics_size=lambda: 0, checkpoints=RecordingStore(root / "checkpoints"),
-                     observer=observer, evaluate=evaluate)
+    loop = RoundLoop(algo, LocalTransport(clients, crash_in_round), loop_settings(**(settings or {})),
+                     log=events.append, metrics_size=lambda: 0,
+                     checkpoints=RecordingStore(root / "checkpoints"), observer=observer, evaluate=evaluate)
     return loop.run(initial_state(shapes)), events, loop, algo, clients
 
 
@@ -696,15 +718,19 @@ def test_contract_round_loop_checkpoints_resume_and_flower_start(name, tmp_path)
     """was: test_every_strategy_runs_flower_start_loop."""
     x0 = initial_state()
     seen, evaluated = [], []
-    final, events, loop, _, _ = run_loop(
-        name, tmp_path / "ref", observer=lambda r, g, reps: seen.append((r, len(reps))) or {},
-        evaluate=lambda r, state: evaluated.append((r, state)))
+
+    def observe(rnd, before, replies):
+        loss = P.reduce_metrics([r.metrics for r in replies], [r.num_examples for r in replies])
+        seen.append((rnd, len(replies), loss[P.TRAIN_LOSS]))
+        return {}
+    final, events, loop, _, _ = run_loop(name, tmp_path / "ref", observer=observe,
+                                         evaluate=lambda r, state: evaluated.append((r, state)))
     # (a) states finite, shapes and dtypes kept, the state moved; every round observed, evaluated
     # and checkpointed
     assert {k: (v.shape, v.dtype) for k, v in final.items()} == {k: (v.shape, v.dtype) for k, v in x0.items()}
     assert all(np.isfinite(v).all() for v in final.values())
     assert not np.array_equal(final["a"], x0["a"])
-    assert seen == [(1, len(COUNTS)), (2, len(COUNTS))]
+    assert [s[:2] for s in seen] == [(1, len(COUNTS)), (2, len(COUNTS))]
     assert [r for r, _ in evaluated] == [1, 2] and evaluated[-1][1] is final
     assert rounds_logged(events) == [1, 2] and not [e for e in events if e["event"] == "client_failed"]
     assert all(e["clients"] == len(COUNTS) and e["failed"] == 0 for e in events if e["event"] == "round")
@@ -739,7 +765,26 @@ def test_contract_round_loop_checkpoints_resume_and_flower_start(name, tmp_path)
         m = result.train_metrics_clientapp[rnd]
         assert m[P.NUM_CLIENTS] == len(COUNTS) and m[P.NUM_EXAMPLES] == sum(COUNTS)
         assert m[P.CLIENT_FAILED] == 0 and P.PARTITION_ID not in m
+        assert m[P.TRAIN_LOSS] == pytest.approx(seen[rnd - 1][2], rel=1e-12)  # same clients' losses
     assert result.evaluate_metrics_clientapp == {}  # the global model is evaluated server-side
+
+
+def test_client_hooks_shape_local_training(tmp_path):
+    """The fake clients really run the hooks: FedProx with mu = 0 is FedAvg bit for bit (no hook),
+    with mu > 0 it is not; SCAFFOLD's round 1 (c = c_i = 0: no correction) is FedAvg's round 1,
+    round 2 is not."""
+    fedavg, *_ = run_loop("fedavg", tmp_path / "fedavg")
+    fedprox0, *_ = run_loop("fedprox", tmp_path / "fedprox0", {"proximal_mu": 0.0})
+    assert_identical(fedprox0, fedavg)
+    fedprox, *_ = run_loop("fedprox", tmp_path / "fedprox")
+    assert not np.allclose(fedprox["a"], fedavg["a"], rtol=1e-4)
+    one = {"rounds": 1}
+    avg1, *_ = run_loop("fedavg", tmp_path / "fedavg1", settings=one)
+    scaffold1, *_ = run_loop("scaffold", tmp_path / "scaffold1", settings=one)
+    for k in avg1:
+        np.testing.assert_allclose(scaffold1[k], avg1[k], rtol=1e-6)
+    scaffold, *_ = run_loop("scaffold", tmp_path / "scaffold")
+    assert not np.allclose(scaffold["a"], fedavg["a"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("control", ["option2", "gradient"])
@@ -791,28 +836,36 @@ def _nan(arrays, m):
 
 
 FAULTS = {  # name: (change to a good reply, what the ReplyError says)
-    "wrong shape": (_set(STATE, "w", np.zeros((3, 2), np.float32)),
-                    r"record 'state' does not match .*shape mismatch \[w: got \(3, 2\), expected \(2, 3\)\]"),
-    "extra key": (_set(STATE, "z", np.zeros(1, np.float32)), r"record 'state' .*unexpected \[z\]"),
-    "missing key": (lambda a, m: a[DC].pop("b"), r"record 'scaffold-dc' .*missing \[b\]"),
-    "missing record": (lambda a, m: a.pop(DC), r"array records missing \['scaffold-dc'\], unexpected \[\]"),
-    "extra record": (lambda a, m: a.update(bogus={}), r"array records missing \[\], unexpected \['bogus'\]"),
+    "wrong shape": (_set(STATE, "w", np.zeros((3, 2), np.float32)), r"record 'state' does not match "
+                    r"what was expected: shape mismatch \[w: got \(3, 2\), expected \(2, 3\)\]"),
+    "extra key": (_set(STATE, "z", np.zeros(1, np.float32)), r"record 'state' .*: unexpected \[z\]"),
+    "missing key": (lambda a, m: a[DC].pop("b"), r"record 'scaffold-dc' .*: missing \[b\]"),
+    "missing record": (lambda a, m: a.pop(DC),
+                       r"array records missing \['scaffold-dc'\], unexpected \[\]"),
+    "extra record": (lambda a, m: a.update(bogus={}),
+                     r"array records missing \[\], unexpected \['bogus'\]"),
     "nan": (_nan, r"state/w has 1 non-finite value"),
     "inf": (_set(DC, "b", np.full(3, np.inf, np.float32)), r"scaffold-dc/b has 3 non-finite value"),
-    "negative num-examples": (_metric(P.NUM_EXAMPLES, -3), r"num-examples must be a positive integer, got -3"),
+    "negative num-examples": (_metric(P.NUM_EXAMPLES, -3),
+                              r"num-examples must be a positive integer, got -3"),
     "zero num-examples": (_metric(P.NUM_EXAMPLES, 0), r"num-examples must be a positive integer, got 0"),
-    "non-integer num-examples": (_metric(P.NUM_EXAMPLES, 2.5), r"num-examples must be a positive integer, got 2.5"),
-    "bool num-examples": (_metric(P.NUM_EXAMPLES, True), r"num-examples must be a positive integer, got True"),
-    "list num-examples": (_metric(P.NUM_EXAMPLES, [4]), r"metric 'num-examples' must be a number, got \[4\]"),
+    "non-integer num-examples": (_metric(P.NUM_EXAMPLES, 2.5),
+                                 r"num-examples must be a positive integer, got 2.5"),
+    "bool num-examples": (_metric(P.NUM_EXAMPLES, True),
+                          r"num-examples must be a positive integer, got True"),
+    "list num-examples": (_metric(P.NUM_EXAMPLES, [4]),
+                          r"metric 'num-examples' must be a number, got \[4\]"),
     "nan metric": (_metric(P.TRAIN_LOSS, float("nan")), r"metric 'train-loss' is not finite"),
-    "inf list metric": (_metric("per-task-loss", [1.0, math.inf]), r"metric 'per-task-loss' is not finite"),
+    "inf in a list metric": (_metric("task-losses", [1.0, math.inf]), r"metric 'task-losses' is not finite"),
     "missing num-examples": (_drop_metric(P.NUM_EXAMPLES), r"has no metric 'num-examples'"),
     "missing train-loss": (_drop_metric(P.TRAIN_LOSS), r"has no metric 'train-loss'"),
     "missing partition-id": (_drop_metric(P.PARTITION_ID), r"has no metric 'partition-id'"),
     "wrong partition id": (_metric(P.PARTITION_ID, 2), r"claims partition 2, sent to 1"),
     "fractional partition id": (_metric(P.PARTITION_ID, 1.5), r"claims partition 1.5, sent to 1"),
-    "integer dtype": (_set(STATE, "b", np.ones(3, np.int64)), r"state/b has dtype int64, expected floating point"),
-    "bool dtype": (_set(DC, "w", np.ones((2, 3), bool)), r"scaffold-dc/w has dtype bool, expected floating point"),
+    "integer dtype": (_set(STATE, "b", np.ones(3, np.int64)),
+                      r"state/b has dtype int64, expected floating point"),
+    "bool dtype": (_set(DC, "w", np.ones((2, 3), bool)),
+                   r"scaffold-dc/w has dtype bool, expected floating point"),
 }
 
 
@@ -925,41 +978,45 @@ def test_nan_reply_never_reaches_the_aggregate():
     assert all(np.isfinite(v).all() for v in out.values())
 
 
+# How client pid fails in test_round_fails_only_beyond_max_failure_fraction, and the reason logged.
+FAILURE_KINDS = [("nan", "non-finite"), ("error", "RuntimeError: client crashed"), ("none", "no reply"),
+                 ("flag", "client reported failure")]
+
+
+def failing(bad: set[int]):
+    """Client pid answers as `nan_clients`; the ``bad`` ones fail each its own way."""
+    def answer(pid, payload):
+        if pid not in bad:
+            return nan_clients(set())(pid, payload)
+        kind = FAILURE_KINDS[pid][0]
+        if kind == "error":
+            return "RuntimeError: client crashed"
+        if kind == "none":
+            return None
+        raw = nan_clients({pid} if kind == "nan" else set())(pid, payload)
+        raw.metrics[P.CLIENT_FAILED] = int(kind == "flag")
+        return raw
+    return answer
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5])
 def test_round_fails_only_beyond_max_failure_fraction(fraction, tmp_path):
     x = {"w": np.zeros(2, np.float32)}
-    for k in range(5):  # k of 4 clients fail: a NaN reply, a transport error, no reply, ...
-        bad = set(range(k))
-        kinds = {0: "nan", 1: "error", 2: "none", 3: "flag"}
-
-        def answer(pid, payload):
-            if pid not in bad:
-                return nan_clients(set())(pid, payload)
-            kind = kinds[pid]
-            if kind == "error":
-                return "RuntimeError: client crashed"
-            if kind == "none":
-                return None
-            raw = nan_clients({pid})(pid, payload) if kind == "nan" else nan_clients(set())(pid, payload)
-            if kind == "flag":
-                raw.metrics[P.CLIENT_FAILED] = 1
-            return raw
-
+    for k in range(5):  # k of 4 clients fail (a NaN reply, a transport error, no reply, a flag)
         store = RecordingStore(tmp_path / f"{fraction}-{k}")
-        loop, events = canned_loop(build_algorithm("fedavg"), answer, max_failure_fraction=fraction,
-                                   checkpoints=store)
+        loop, events = canned_loop(build_algorithm("fedavg"), failing(set(range(k))),
+                                   max_failure_fraction=fraction, checkpoints=store)
         if k / 4 > fraction:
-            with pytest.raises(RoundFailed, match=f"round 1: {k} of 4 clients failed"):
+            with pytest.raises(RoundFailed, match=f"round 1: {k} of 4 clients failed .*{fraction}"):
                 loop.run(x)
-            assert store.saved == [] and isinstance(RoundFailed("x"), UserError)
+            assert store.saved == []
         else:
             out = loop.run(x)
             assert np.isfinite(out["w"]).all() and store.saved == [1]
         reasons = failed_events(events)
-        assert sorted(reasons) == sorted(bad)
-        expected = {"nan": "non-finite", "error": "RuntimeError: client crashed", "none": "no reply",
-                    "flag": "client reported failure"}
-        assert all(expected[kinds[pid]] in reasons[pid] for pid in bad)
+        assert sorted(reasons) == list(range(k))
+        assert all(FAILURE_KINDS[pid][1] in reasons[pid] for pid in range(k))
+    assert issubclass(RoundFailed, UserError)
 
 
 def test_failed_clients_are_left_out_in_partition_order():
@@ -1004,7 +1061,8 @@ def test_failed_clients_are_left_out_by_algorithm_strategy():
     np.testing.assert_allclose(record_to_numpy(arrays)["w"], [2.0])  # mean of 1 and 3
     assert m[P.NUM_CLIENTS] == 2 and m[P.CLIENT_FAILED] == 3
     # nothing usable (flagged, malformed; the others never answered): no arrays, all counted
-    arrays, m = s.aggregate_train(1, [r for r in replies if r.metadata.src_node_id in (NODE + 1, NODE + 3)])
+    useless = [r for r in replies if r.metadata.src_node_id in (NODE + 1, NODE + 3)]
+    arrays, m = s.aggregate_train(1, useless)
     assert arrays is None and m[P.NUM_CLIENTS] == 0 and m[P.CLIENT_FAILED] == 5
 
 
@@ -1015,8 +1073,7 @@ def test_numpy_to_record_keeps_0d_and_layout():
     state = {"s": np.array(2.5, np.float32), "t": np.arange(6.0).reshape(2, 3).T, "u": np.ones((0, 2))}
     assert np.ascontiguousarray(state["s"]).shape == (1,)  # the old codec's bug
     rec = numpy_to_record(state)
-    assert [rec[k].shape for k in state] == [[], [3, 2], [0, 2]] or \
-        [tuple(rec[k].shape) for k in state] == [(), (3, 2), (0, 2)]
+    assert [rec[k].shape for k in state] == [(), (3, 2), (0, 2)]
     back = record_to_numpy(rec)
     assert_identical(back, state)
 
@@ -1089,8 +1146,10 @@ def test_client_store_keeps_0d_entries(tmp_path):
     ("fedprox", {"mu": 0.1}, r"unknown option 'mu' for strategy 'fedprox'; valid options: proximal_mu"),
     ("fedprox", {"proximal_mux": 0.1}, r"'proximal_mux' \(did you mean 'proximal_mu'\?\)"),
     # was "common strategy option": there are no common options any more
-    ("fedavg", {"server_rounds": 3}, r"unknown option 'server_rounds' for strategy 'fedavg'; valid options: \(none\)"),
-    ("fedprox", {"proximal_mu": "high"}, r"strategy 'fedprox' option 'proximal_mu' must be float, got str 'high'"),
+    ("fedavg", {"server_rounds": 3},
+     r"unknown option 'server_rounds' for strategy 'fedavg'; valid options: \(none\)"),
+    ("fedprox", {"proximal_mu": "high"},
+     r"strategy 'fedprox' option 'proximal_mu' must be float, got str 'high'"),
     ("krum", {"num_malicious_nodes": 1.5}, r"option 'num_malicious_nodes' must be int, got float 1\.5"),
     ("fedavgm", {"server_momentum": True}, r"option 'server_momentum' must be float, got bool True"),
     ("fedprox", {"proximal_mu": math.nan}, r"option 'proximal_mu' must be a finite number, got nan"),

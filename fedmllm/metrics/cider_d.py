@@ -17,16 +17,28 @@ the unclipped vectors, and a zero similarity when either vector is zero. The idf
 references of the evaluated set itself, so the whole set must be scored at once: a single image has
 N = df = 1 for every n-gram, idf 0, and scores 0. ``score`` is CIDEr-D x 100 (DESIGN.md percent
 convention); ``cider_d`` keeps the raw value.
+
+Tokenization is the official one by default (``tokenizer="ptb"``): pycocoevalcap's PTBTokenizer
+(Stanford CoreNLP's PTB tokenizer, lowercased, punctuation tokens dropped), reproduced in pure
+Python by `fedmllm.metrics.ptb`, run like pycocoevalcap over all references of the set as one
+stream and all candidates as another, in sample order (lmms-eval's order). With it the scores equal
+the official coco-caption CIDEr-D (tests/fixtures/ptb/). The same tokenizer serves the real caption
+sets and their synthetic twins: the twins' templated references tokenize identically under both
+tokenizers, so one code path scores both and a twin's model output is treated as a real one would
+be. ``tokenizer="simple"`` keeps the earlier `tokenize_caption` (lowercase, punctuation stripped,
+"man's" -> "mans"), which is not comparable with published numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from functools import lru_cache
 
 from fedmllm.data.record import Sample
 from fedmllm.metrics.base import Metric, register_metric
 from fedmllm.metrics.normalize import check_aligned, tokenize_caption
+from fedmllm.metrics.ptb import ptb_caption_strings
 
 N_MAX = 4
 SIGMA = 6.0
@@ -64,20 +76,49 @@ def _similarity(cand, ref, delta: int, sigma: float, n_max: int) -> list[float]:
     return sims
 
 
+TOKENIZERS = ("ptb", "simple")
+
+
+@lru_cache(maxsize=16)
+def _ptb_stream(captions: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Tokens of each caption of one side, tokenized as one pycocoevalcap stream (cached: the
+    same references are scored again every evaluation round)."""
+    return tuple(tuple(s.split()) for s in ptb_caption_strings(captions))
+
+
+def tokenize_side(captions: list[str], tokenizer: str = "ptb") -> list[list[str]]:
+    """CIDEr tokens of one side's captions (all references, or all candidates, in order)."""
+    if tokenizer == "ptb":
+        out = [list(t) for t in _ptb_stream(tuple(str(c) for c in captions))]
+        # A caption ending in "\r" merges with the next line break, so the stream has a line less
+        # (pycocoevalcap then drops the last caption); the missing ones count as empty here.
+        return out + [[] for _ in range(len(captions) - len(out))]
+    if tokenizer == "simple":
+        return [tokenize_caption(c) for c in captions]
+    raise ValueError(f"cider_d: unknown tokenizer {tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
+
+
 def cider_d(candidates: list[str], references: list[list[str]], n_max: int = N_MAX,
-            sigma: float = SIGMA) -> tuple[float, list[float]]:
+            sigma: float = SIGMA, tokenizer: str = "ptb") -> tuple[float, list[float]]:
     """CIDEr-D of a whole set: (mean over images, per-image scores). Not multiplied by 100.
 
     ``candidates[i]`` is the caption generated for image i, ``references[i]`` its reference
-    captions; both are tokenized with `tokenize_caption`.
+    captions. ``tokenizer="ptb"`` (default) tokenizes as the official evaluation does (all
+    references as one PTB stream, all candidates as another); ``"simple"`` uses
+    `tokenize_caption`.
     """
     if len(candidates) != len(references):
         raise ValueError(f"cider_d: {len(candidates)} candidates for {len(references)} images")
     if not candidates:
         raise ValueError("cider_d: nothing to score (0 images)")
-    ref_tokens = [[tokenize_caption(r) for r in refs] for refs in references]
-    if any(not refs for refs in ref_tokens):
+    if any(not refs for refs in references):
         raise ValueError("cider_d: every image needs at least one reference caption")
+    flat = tokenize_side([r for refs in references for r in refs], tokenizer)
+    ref_tokens, start = [], 0
+    for refs in references:
+        ref_tokens.append(flat[start:start + len(refs)])
+        start += len(refs)
+    cand_tokens = tokenize_side(list(candidates), tokenizer)
     ref_counts = [[ngram_counts(t, n_max) for t in refs] for refs in ref_tokens]
     df: dict[NGram, int] = defaultdict(int)
     for counts in ref_counts:  # document frequency: images whose references contain the n-gram
@@ -85,8 +126,7 @@ def cider_d(candidates: list[str], references: list[list[str]], n_max: int = N_M
             df[gram] += 1
     log_n = math.log(max(1, len(candidates)))
     scores = []
-    for cand, refs, counts in zip(candidates, ref_tokens, ref_counts):
-        c_tokens = tokenize_caption(cand)
+    for c_tokens, refs, counts in zip(cand_tokens, ref_tokens, ref_counts):
         c_vec = _tfidf(ngram_counts(c_tokens, n_max), df, log_n, n_max)
         total = [0.0] * n_max
         for r_tokens, r_counts in zip(refs, counts):
@@ -109,5 +149,6 @@ METRIC = register_metric(Metric(
     higher_is_better=True,
     compute=compute,
     aggregation="corpus",
-    description="CIDEr-D (sigma 6, clipped, x10) with idf over the evaluated set, x100",
+    description="CIDEr-D (sigma 6, clipped, x10) with idf over the evaluated set, official PTB "
+                "tokenization, x100",
 ))

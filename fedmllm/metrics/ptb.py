@@ -169,7 +169,7 @@ APOWORD = ("(?:" + "|".join([
     f"{ci('cont')}'{ci('d')}\\.?", ci("'twas"), ci("nor'easter"), ci("c'mon"), ci("e'er"),
     ci("s'mores"), ci("ev'ry"), ci("li'l"), ci("nat'l"), f"{ci('O')}{APOSETC}{ci('o')}",
 ]) + ")")
-FULLURL = f"{ci('http')}{ci('s')}?:\\/\\/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){{}},-]"
+FULLURL = f"{ci('http')}{ci('s')}?:\\/\\/[^ \t\n\f\r\"<>|(){{}}]+[^ \t\n\f\r\"<>|.!?(){{}},-]"
 LIKELYURL = (f"(?:(?:{ci('www.')}(?:[^ \t\n\f\r\"<>|.!?(){{}},]+\\.)+[a-zA-Z]{{2,4}})"
              f"|(?:(?:[^ \t\n\f\r\"`'<>|.!?(){{}},-_$]+\\.)+{alt('com', 'net', 'org', 'edu')}))"
              f"(?:\\/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){{}},-])?")
