@@ -93,7 +93,8 @@ def groups_bytes(groups) -> int:
 
 
 def checkpoint_bytes(ckpt) -> int:
-    return sum(int(v.nbytes) for v in ckpt.global_state.values()) + groups_bytes(ckpt.algorithm.get("arrays", {}))
+    arrays = ckpt.algorithm.get("arrays", {})
+    return sum(int(v.nbytes) for v in ckpt.global_state.values()) + groups_bytes(arrays)
 
 
 def retime_client_saves(run: Path, rounds: int, timers: Timers) -> None:
@@ -139,7 +140,8 @@ def summarize(timers: Timers, strategies: list[str], rounds: int) -> dict:
                 "client_load_s": sum(sec["client_load"].get(k, [])),
                 "fraction": ckpt_s / (round_s - eval_s),
                 "fraction_one_client": (server + (med(clients) if clients else 0.0)) / (round_s - eval_s),
-                "server_bytes": size["checkpoint_save"].get(k, 0), "client_bytes": size["client_save"].get(k, 0),
+                "server_bytes": size["checkpoint_save"].get(k, 0),
+                "client_bytes": size["client_save"].get(k, 0),
             })
         timed = [p for p in per_round if p["round"] >= 2] or per_round
         out[system] = {
@@ -159,7 +161,8 @@ def summarize(timers: Timers, strategies: list[str], rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per strategy (round 1 is not summarized)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per strategy (round 1 is not summarized)")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     parser.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess")
     parser.add_argument("--config", default=str(ROOT / "configs" / "federated" / "embedded.toml"))
@@ -177,7 +180,8 @@ def main() -> None:
     torch.set_num_threads(1)  # as a Ray actor trains (and as the other benchmarks do)
     cfg = load_config(args.config, overrides(args.rounds, args.strategies, args.backend))
     timers = Timers()
-    timers.wrap("checkpoint_save", CheckpointStore, "save", lambda store, system, ckpt: (system, ckpt.round),
+    timers.wrap("checkpoint_save", CheckpointStore, "save",
+                lambda store, system, ckpt: (system, ckpt.round),
                 size=lambda store, system, ckpt: checkpoint_bytes(ckpt))
     timers.wrap("client_save", ClientStore, "save", lambda store, system, pid, r, groups: (system, r),
                 size=lambda store, system, pid, r, groups: groups_bytes(groups))
@@ -197,8 +201,9 @@ def main() -> None:
         results = summarize(timers, args.strategies, args.rounds)
     wall = time.perf_counter() - t0
     for system, r in results.items():
-        print(f"[{system}] checkpoint {r['checkpoint_s'] * 1000:.1f} ms (server {r['server_save_s'] * 1000:.1f} ms, "
-              f"{r['server_mb']} MB; clients {r['client_saves_s'] * 1000:.1f} ms, {r['client_mb_per_round']} MB) "
+        print(f"[{system}] checkpoint {r['checkpoint_s'] * 1000:.1f} ms "
+              f"(server {r['server_save_s'] * 1000:.1f} ms, {r['server_mb']} MB; "
+              f"clients {r['client_saves_s'] * 1000:.1f} ms, {r['client_mb_per_round']} MB) "
               f"of a {r['round_s_without_eval']:.2f} s round: {100 * r['fraction']:.2f}% "
               f"(worst round {100 * r['fraction_worst']:.2f}%)", flush=True)
     print(json.dumps({

@@ -5,10 +5,11 @@ Ray simulation backend: the ServerApp's own round loop, `fedmllm.federated.round
 `server.strategy.GridTransport`, clients loading their slice from the run directory's
 partition.json) and `run_sequential_fedavg` (the same `ClientRuntime.run_round` calls the
 ClientApp makes, in a loop in this process: no Flower, no round loop, no checkpoints). Local
-training is calibrated to about 1 s and about 0.1 s per client per round. One-off costs are left out on both sides: Ray start, actor imports and model
-builds, zero-shot and final evaluation (federated), runtime build (sequential); round 1 is not
-timed either (the actors build their runtime in it). A federated round's time is the wall time
-between the ends of consecutive rounds (``end_time`` of the ``round`` events in metrics.jsonl:
+training is calibrated to about 1 s and about 0.1 s per client per round. One-off costs are left
+out on both sides: Ray start, actor imports and model builds, zero-shot and final evaluation
+(federated), runtime build (sequential: one runtime, the calibration's); round 1 is not timed
+either (the actors build their runtime in it). A federated round's time is the wall time between
+the ends of consecutive rounds (``end_time`` of the ``round`` events in metrics.jsonl:
 configure, sending, Ray dispatch, training, polling, reply validation, drift, aggregation, logging
 and the round's atomic checkpoint, `CheckpointStore.save`, timed on its own as ``checkpoint_s``);
 the configure-to-log time (``seconds`` of the event) is reported beside it.
@@ -20,9 +21,11 @@ The LAST line printed is one JSON object with ``ratio_1s``, ``ratio_0.1s`` (medi
 round / median sequential round, one actor), ``per_round_floor_s`` (median of federated round
 minus its clients' training time, one actor, 0.1 s setting), ``overhead_s_*`` (that floor minus
 the sequential round's own time outside training: the absolute cost of Flower + Ray per round,
-less exposed than the ratios to the load of a shared machine), ``latency_s_0.1s`` (where a round
-waits: `LatencyProbe`), ``checkpoint_s_0.1s`` (median `CheckpointStore.save`), details and the
-targets.
+less exposed than the ratios to the load of a shared machine), ``ratio_same_training_*`` (each
+federated round / (its own clients' training time + the sequential round's median time outside
+training): the ratio with the training time of the same moment on both sides),
+``latency_s_0.1s`` (where a round waits: `LatencyProbe`), ``checkpoint_s_0.1s`` (median
+`CheckpointStore.save`), details and the targets.
 
     .venv/bin/python benchmarks/federated_overhead.py [--rounds 8]
 """
@@ -209,6 +212,10 @@ def bench(label: str, overrides: list[str], rounds: int, work: Path) -> dict:
         "sequential_outside_training_s": med([r - t for r, t in zip(seq["round_s"], seq["train_s"])]),
         "overhead_s": med([r - t for r, t in zip(one["round_s"], one["train_s"])])
         - med([r - t for r, t in zip(seq["round_s"], seq["train_s"])]),
+        # Each federated round against the sequential round with that round's own training time
+        # (same load on both sides of the ratio; only the outside-training part is borrowed).
+        "ratio_same_training": med([r / (t + med([a - b for a, b in zip(seq["round_s"], seq["train_s"])]))
+                                    for r, t in zip(one["round_s"], one["train_s"])]),
         "latency_s": {k: v["latency_s"] for k, v in fed.items()},
         "startup_and_final_eval_s": {k: v["total_s"] - sum(v["round_s"]) for k, v in fed.items()},
         "raw": {"sequential": seq, "federated": fed},
@@ -226,6 +233,8 @@ def main() -> None:
         results = {label: bench(label, overrides, args.rounds, Path(tmp)) for label in SETTINGS}
     summary = {
         "ratio_1s": results["1s"]["ratio"], "ratio_0.1s": results["0.1s"]["ratio"],
+        "ratio_same_training_1s": results["1s"]["ratio_same_training"],
+        "ratio_same_training_0.1s": results["0.1s"]["ratio_same_training"],
         "per_round_floor_s": results["0.1s"]["floor_s"],
         "overhead_s_1s": results["1s"]["overhead_s"], "overhead_s_0.1s": results["0.1s"]["overhead_s"],
         "latency_s_0.1s": results["0.1s"]["latency_s"]["1_actor"],

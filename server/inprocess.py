@@ -10,7 +10,8 @@ partition ids on purpose. `run_inprocess` runs a ServerApp over it
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -72,14 +73,21 @@ class InProcessGrid(Grid):
         return self.pull_messages([])
 
 
-def run_inprocess(server_app, client_app, num_nodes: int) -> None:
-    """Run ``server_app`` with ``num_nodes`` in-process nodes of ``client_app``."""
+@contextmanager
+def server_task_identity() -> Iterator[None]:
+    """Run/node/task ids as a ServerApp process has them (instruction messages read them)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as in a ServerApp
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     try:
-        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-        server_app(InProcessGrid(client_app, num_nodes), context)
+        yield
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def run_inprocess(server_app, client_app, num_nodes: int) -> None:
+    """Run ``server_app`` with ``num_nodes`` in-process nodes of ``client_app``."""
+    with server_task_identity():
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        server_app(InProcessGrid(client_app, num_nodes), context)

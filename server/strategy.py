@@ -25,7 +25,7 @@ from flwr.supercore import log
 
 from fedmllm.federated import protocol as P
 from fedmllm.federated.algorithms import Algorithm, Payload
-from fedmllm.federated.rounds import RawReply, sampled_partitions
+from fedmllm.federated.rounds import RawReply, sampled_partitions, validated_replies
 from server.records import decode_groups, decode_metrics, encode_payload, numpy_to_record, record_to_numpy
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -146,21 +146,11 @@ class AlgorithmStrategy(Strategy):
         assert self.transport is not None, "aggregate_train before configure_train"
         raw, failures = self.transport.decode(replies)
         failures.update(self._failures)
-        valid = []
-        for pid in sorted(raw):
-            if raw[pid].metrics.get(P.CLIENT_FAILED):
-                failures[pid] = "client reported failure"
-                continue
-            try:
-                valid.append(P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
-                                              self.algorithm.expected(server_round, pid, self._global),
-                                              who=f"client {pid}"))
-            except P.ReplyError as e:
-                failures[pid] = f"invalid reply: {e}"
-        failures.update({pid: "no reply" for pid in self._sent if pid not in raw and pid not in failures})
+        valid = validated_replies(self.algorithm, server_round, self._global,
+                                  sorted(set(self._sent) | set(raw)), raw, failures)
         for pid, reason in sorted(failures.items()):
             log(WARNING, "round %s: client %s left out: %s", server_round, pid, reason)
-        if not valid:
+        if len(valid) < self.algorithm.min_replies():
             return None, (MetricRecord({P.NUM_CLIENTS: 0, P.CLIENT_FAILED: len(failures)}) if failures else None)
         new = self.algorithm.aggregate(server_round, self._global, valid)
         metrics = P.reduce_metrics([r.metrics for r in valid], [r.num_examples for r in valid])

@@ -10,3 +10,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def task_identity():
+    """Instruction messages take run/node/task ids from TaskIdentity, as in a ServerApp."""
+    from server.inprocess import server_task_identity
+
+    with server_task_identity():
+        yield

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_app
 from fedmllm.config import dumps, load_config, method_options
@@ -70,13 +69,7 @@ def ProtoGrid(num_nodes: int, node_ids=None) -> InProcessGrid:
     return InProcessGrid(client_app.app, num_nodes, node_ids)
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Instruction messages take run/node/task ids from TaskIdentity, as in a ServerApp."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -277,8 +270,8 @@ def test_non_averageable_method_needs_a_selecting_strategy(monkeypatch):
 
     monkeypatch.setattr(METHODS.get("lora"), "averageable", False)
     with pytest.raises(UserError, match="strategy 'fedavg' cannot aggregate the state of method 'lora'"):
-        check_federated(tiny('federated.strategies=["krum", "fedavg"]'))
-    check_federated(tiny('federated.strategies=["krum"]'))
+        check_federated(tiny('federated.strategies=["krum", "fedavg"]', "federated.num_clients=3"))
+    check_federated(tiny('federated.strategies=["krum"]', "federated.num_clients=3"))  # Krum: n >= 2f + 3
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):

@@ -37,6 +37,39 @@ def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
+# The documented differences between the official VQA normalizer (default) and lmms-eval's
+# EvalAIAnswerProcessor (style="lmms-eval"); expected values derived by hand from both scripts.
+@pytest.mark.parametrize("raw, official, lmms_eval", [
+    ("man's", "man's", "man 's"),            # lmms-eval splits off 's
+    ("It's red", "it's red", "it 's red"),
+    ("red,blue", "red blue", "redblue"),      # lmms-eval deletes , and ? outright
+    ("what?no", "what no", "whatno"),
+    ("1,000-yard", "1000yard", "1000 yard"),  # official: a number comma deletes every mark
+    # Identical otherwise:
+    ("Two.", "2", "2"), ("The Dog!", "dog", "dog"), ("dont", "don't", "don't"),
+    ("1,000", "1000", "1000"), ("3.5", "3.5", "3.5"), ("red-white", "red white", "red white"),
+    ("yes, it is", "yes it is", "yes it is"), ("What?", "what", "what"),
+])
+def test_normalize_answer_styles(raw, official, lmms_eval):
+    assert normalize_answer(raw) == official
+    assert normalize_answer(raw, style="vqa") == official
+    assert normalize_answer(raw, style="lmms-eval") == lmms_eval
+
+
+def test_vqa_score_lmms_eval_style():
+    refs = ["man's hat"] * 3 + ["hat"] * 7
+    assert vqa_score("man 's hat", refs) == 0.0          # official keeps "man's"
+    assert vqa_score("man 's hat", refs, style="lmms-eval") == 0.9
+
+
+def test_normalize_answer_period_quirk_and_unknown_style():
+    # Both scripts pass re.UNICODE (32) as the count of the period regex: at most 32 removed.
+    assert normalize_answer("x." * 40) == ("x" * 32 + "x." * 8)
+    assert normalize_answer("x." * 40, style="lmms-eval") == ("x" * 32 + "x." * 8)
+    with pytest.raises(ValueError, match="style"):
+        normalize_answer("a", style="mmf")
+
+
 def test_tokenize_caption_keeps_articles_and_number_words():
     assert tokenize_caption("A man's two dogs, running.") == ["a", "mans", "two", "dogs", "running"]
 

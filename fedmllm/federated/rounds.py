@@ -131,7 +131,7 @@ class RoundLoop:
             payloads[pid] = Payload(payload.arrays, {**config, **payload.config})
         raw, failures = self.transport.exchange(server_round, payloads)
         crash_point(s.system, server_round, "train")
-        replies = self._validate(server_round, state, clients, raw, failures)
+        replies = validated_replies(self.algo, server_round, state, clients, raw, failures)
         for pid, reason in sorted(failures.items()):
             self.log({"event": "client_failed", "system": s.system, "round": server_round,
                       "client": pid, "error": reason})
@@ -161,23 +161,24 @@ class RoundLoop:
                 server_round, new_state, self.algo.state_dict(), dict(self.totals), self.metrics_size()))
         return new_state
 
-    def _validate(self, server_round: int, state: Arrays, clients: list[int],
-                  raw: dict[int, RawReply], failures: dict[int, str]) -> list[Reply]:
-        """Validated replies in partition order; a malformed one becomes a failure."""
-        replies = []
-        for pid in clients:
-            if pid in failures:
-                continue
-            if pid not in raw:
-                failures[pid] = "no reply"
-                continue
-            if raw[pid].metrics.get(P.CLIENT_FAILED):
-                failures[pid] = "client reported failure"
-                continue
+
+def validated_replies(algo: Algorithm, server_round: int, state: Arrays, clients: Sequence[int],
+                      raw: dict[int, RawReply], failures: dict[int, str]) -> list[Reply]:
+    """The valid replies of ``clients`` in partition order (`protocol.validate_reply` against what
+    ``algo`` expects from each); a missing, self-reported failed or malformed reply is added to
+    ``failures`` (partition -> reason) instead, so it never reaches an aggregate."""
+    replies = []
+    for pid in sorted(clients):
+        if pid in failures:
+            continue
+        if pid not in raw:
+            failures[pid] = "no reply"
+        elif raw[pid].metrics.get(P.CLIENT_FAILED):
+            failures[pid] = "client reported failure"
+        else:
             try:
                 replies.append(P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
-                                                self.algo.expected(server_round, pid, state),
-                                                who=f"client {pid}"))
+                                                algo.expected(server_round, pid, state), who=f"client {pid}"))
             except P.ReplyError as e:
                 failures[pid] = f"invalid reply: {e}"
-        return replies
+    return replies

@@ -1,12 +1,30 @@
 """Answer normalization shared by every metric.
 
 `normalize_answer` is a port of the official VQA evaluation normalizer (Antol et al. 2015,
-``vqaEval.py`` of github.com/GT-Vision-Lab/VQA: ``processPunctuation`` then
-``processDigitArticle``), the same normalizer lmms-eval uses (``EvalAIAnswerProcessor``). It maps
-number words to digits (``"two"`` -> ``"2"``), so ``"2" == "two"`` after normalization.
+``vqaEval.py`` of github.com/GT-Vision-Lab/VQA: newlines and tabs to spaces, strip,
+``processPunctuation`` then ``processDigitArticle``). It maps number words to digits (``"two"`` ->
+``"2"``), so ``"2" == "two"`` after normalization, drops the articles a/an/the and restores
+contraction apostrophes. The default ``style="vqa"`` is that official normalizer.
 
-`tokenize_caption` is the simple caption tokenizer CIDEr-D uses here (lowercase, punctuation
-stripped, whitespace split); captions keep their articles and number words.
+lmms-eval's VQA-accuracy tasks (OK-VQA, TextVQA, VQAv2) use ``EvalAIAnswerProcessor``
+(lmms_eval/tasks/_task_utils/vqa_eval_metric.py, from MMF), which is *not* the same: before the two
+official steps it lowercases, deletes every ``","`` and ``"?"`` and splits off ``"'s"``. So, with
+``style="lmms-eval"`` (which reproduces it exactly) compared with the official normalizer:
+
+- ``"man's"`` -> ``"man 's"`` and ``"it's"`` -> ``"it 's"`` (official: ``"man's"``, ``"it's"``);
+- a comma or question mark inside a word disappears instead of becoming a space:
+  ``"red,blue"`` -> ``"redblue"``, ``"what?no"`` -> ``"whatno"`` (official: ``"red blue"``,
+  ``"what no"``);
+- as no comma survives, a digit-comma-digit number no longer makes every other mark vanish:
+  ``"1,000-yard"`` -> ``"1000 yard"`` (official: ``"1000yard"``).
+
+Everything else (marks kept, number words, articles, contractions, the period rule) is identical.
+Both also keep a quirk of their common source: the period-stripping regex is applied with
+``re.UNICODE`` passed as its ``count``, so at most 32 periods are removed.
+
+`tokenize_caption` is the simple caption tokenizer (lowercase, apostrophes dropped, other
+punctuation stripped, whitespace split), kept as CIDEr-D's ``tokenizer="simple"``; CIDEr-D uses
+the official PTB tokenization (`fedmllm.metrics.ptb`) by default.
 """
 
 from __future__ import annotations
@@ -67,7 +85,8 @@ _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 def _process_punctuation(text: str) -> str:
     """Official ``processPunctuation``: delete a mark next to a space (or anywhere if the text has
-    a digit-comma-digit number such as "1,000"); otherwise replace it by a space."""
+    a digit-comma-digit number such as "1,000"); otherwise replace it by a space. Then remove
+    periods not followed by a digit (at most 32: the original passes ``re.UNICODE`` as count)."""
     out = text
     has_number_comma = _COMMA_STRIP.search(text) is not None
     for p in _PUNCT:
@@ -75,7 +94,7 @@ def _process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=int(re.UNICODE))
 
 
 def _process_digit_article(text: str) -> str:
@@ -86,14 +105,30 @@ def _process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 
-def normalize_answer(s: str) -> str:
-    """Normalize a short answer the way the official VQA evaluation does.
+STYLES = ("vqa", "lmms-eval")
+
+
+def _lmms_eval_prepass(text: str) -> str:
+    """``EvalAIAnswerProcessor.word_tokenize``: lowercase, delete "," and "?", split off "'s"."""
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
+def normalize_answer(s: str, style: str = "vqa") -> str:
+    """Normalize a short answer the way the official VQA evaluation does (``style="vqa"``), or
+    exactly as lmms-eval's ``EvalAIAnswerProcessor`` does (``style="lmms-eval"``; see the module
+    docstring for the three differences).
 
     Lowercases, strips punctuation, maps number words to digits (``"Two."`` -> ``"2"``), drops
     the articles a/an/the, restores contraction apostrophes (``"dont"`` -> ``"don't"``) and
-    collapses whitespace. Used by exact match, VQA accuracy, option letters and MME.
+    collapses whitespace. Used (official style) by exact match, VQA accuracy, option letters and
+    MME.
     """
-    text = str(s).replace("\n", " ").replace("\t", " ").strip()
+    text = str(s)
+    if style == "lmms-eval":
+        text = _lmms_eval_prepass(text)
+    elif style != "vqa":
+        raise ValueError(f"normalize_answer: unknown style {style!r}; valid: {', '.join(STYLES)}")
+    text = text.replace("\n", " ").replace("\t", " ").strip()
     return _process_digit_article(_process_punctuation(text))
 
 
@@ -101,8 +136,9 @@ _CAPTION_PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 
 
 def tokenize_caption(s: str) -> list[str]:
-    """Caption tokens for CIDEr-D: lowercase, apostrophes dropped ("man's" -> "mans"), every
-    other punctuation mark replaced by a space, then whitespace split."""
+    """Simple caption tokens (CIDEr-D's ``tokenizer="simple"``, not the official tokenization):
+    lowercase, apostrophes dropped ("man's" -> "mans"), every other punctuation mark replaced by
+    a space, then whitespace split."""
     text = str(s).lower().replace("'", "")
     return _CAPTION_PUNCT.sub(" ", text).split()
 

@@ -14,18 +14,19 @@ from fedmllm.metrics.base import Metric, register_metric
 from fedmllm.metrics.normalize import check_aligned, normalize_answer
 
 
-def vqa_score(prediction: str, references: list[str]) -> float:
-    """VQA accuracy of one prediction in [0, 1]; both sides normalized by `normalize_answer`.
+def vqa_score(prediction: str, references: list[str], style: str = "vqa") -> float:
+    """VQA accuracy of one prediction in [0, 1]; both sides normalized by `normalize_answer`
+    (``style="vqa"``: the official normalizer; ``"lmms-eval"``: lmms-eval's EvalAI processor).
 
     An empty (normalized) prediction scores 0. Unlike the official script, references are always
     normalized (it normalizes them only when they disagree), as lmms-eval does.
     """
     if not references:
         raise ValueError("vqa_accuracy: a sample has no reference answers")
-    pred = normalize_answer(prediction)
+    pred = normalize_answer(prediction, style)
     if not pred:
         return 0.0
-    matches = [pred == normalize_answer(ref) for ref in references]
+    matches = [pred == normalize_answer(ref, style) for ref in references]
     if len(references) == 1:
         return float(matches[0])
     total = sum(matches)
