@@ -88,7 +88,6 @@ _JAVA_NOT_UPPER = _ranges("13A0-13F4")
 _JAVA_UPPER = _ranges("2160-216F 24B6-24CF")
 
 
-
 def _java_classes() -> tuple[str, str, str]:
     """JFlex [:letter:] (Character.isLetter), [:digit:] (Character.isDigit) and [:uppercase:] of
     the jar, as regex class bodies over the BMP."""
