@@ -25,7 +25,8 @@ from fedmllm.experiment import derive_seed
 from fedmllm.federated import protocol as P
 from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import ALGORITHMS, LocalResult, Payload
-from fedmllm.federated.algorithms.base import Groups, as_arrays, as_tensors
+from fedmllm.federated.algorithms.base import GLOBAL, Groups, as_arrays, as_tensors
+from fedmllm.federated.lora import is_residual
 
 _RUNTIMES: dict[str, "ClientRuntime"] = {}
 
@@ -63,29 +64,26 @@ class ClientUpdate:
 
 
 class ClientRuntime:
-    """Base model + method, built once; each partition's samples, built on first use."""
+    """Base model + method (one per LoRA rank), built once; each partition's samples, on first use."""
 
     def __init__(self, cfg: Config, partition, bundle=None, pools: Optional[dict] = None):
         """``partition``: the experiment's `Partition`. ``bundle`` (its model is copied) and
         ``pools`` (the downstream training pools) let an in-process caller share what it has."""
-        import copy
-
         import torch
 
         from fedmllm.data.collate import encode_train
-        from fedmllm.methods import apply_method
+        from fedmllm.federated.tuned import TunedModels
         from fedmllm.models import build_model
 
         self.cfg, self.partition, self._pools = cfg, partition, pools
-        if bundle is None:  # a fresh process (Ray actor): one torch thread per simulated client
+        own = bundle is None
+        if own:  # a fresh process (Ray actor): one torch thread per simulated client
             torch.set_num_threads(1)
             bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
-            model = bundle.model
-        else:
-            model = copy.deepcopy(bundle.model)
-        options, self.base_lr = method_options(cfg, cfg.federated.method)
-        self.model, self.method, _ = apply_method(model, cfg.federated.method, options, seed=cfg.seed)
-        self.initial = as_arrays(self.method.get_state(self.model))
+        self.models = TunedModels(cfg, bundle, share_base=own)  # one per LoRA rank, on first use
+        default = self.models.get()
+        self.model, self.method, self.initial = default.model, default.method, default.initial
+        _, self.base_lr = method_options(cfg, cfg.federated.method)
         self.processor = bundle.processor
         self.collate = lambda batch: encode_train(self.processor, batch)
         self._samples: dict[int, list] = {}
@@ -117,15 +115,23 @@ class ClientRuntime:
         algo = self.algorithm(str(config[P.ALGORITHM]))
         server_round, lr, steps = int(config[P.SERVER_ROUND]), float(config[P.LR]), int(config[P.LOCAL_STEPS])
         samples = self.client_samples(partition_id)
-        state, hooks, plan = algo.prepare(payload, local_state, self.method, self.initial)
-        self.method.set_state(self.model, as_tensors(state))
-        params = self.method.state_parameters(self.model)
+        rank = config.get(P.LORA_RANK)
+        tuned = self.models.get(int(rank) if rank else None)
+        received = payload.arrays[GLOBAL]
+        residuals = {k: v for k, v in received.items() if is_residual(k)}
+        self.models.set_residuals(tuned, residuals)  # merged updates go into the frozen base
+        payload = Payload({**payload.arrays, GLOBAL: {k: v for k, v in received.items() if k not in residuals}},
+                          config)
+        model, method = tuned.model, tuned.method
+        state, hooks, plan = algo.prepare(payload, local_state, method, tuned.initial)
+        method.set_state(model, as_tensors(state))
+        params = method.state_parameters(model)
         frozen = [params[k] for k in plan.frozen if params[k].requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         t0 = time.perf_counter()
         try:
-            stats = train_local(self.model, samples, self.collate,
+            stats = train_local(model, samples, self.collate,
                                 loop_config(self.cfg.train, lr=lr, steps=steps, warmup_ratio=0.0,
                                             schedule="constant"),
                                 seed=derive_seed(self.cfg.seed, "client", server_round, partition_id),
@@ -133,7 +139,7 @@ class ClientRuntime:
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        result = LocalResult(as_arrays(self.method.get_state(self.model)), stats.steps, lr, hooks)
+        result = LocalResult(as_arrays(method.get_state(model)), stats.steps, lr, hooks)
         arrays, new_local = algo.finish(payload, local_state, plan, result)
         return ClientUpdate(arrays, len(samples), float(stats.loss_mean), stats.steps,
                             time.perf_counter() - t0, new_local)

@@ -28,6 +28,7 @@ from fedmllm.federated.algorithms.base import Arrays
 from fedmllm.federated.checkpoint import CheckpointStore, Progress
 from fedmllm.federated.client import ClientRuntime, config_key
 from fedmllm.federated.drift import weight_divergence
+from fedmllm.federated.lora import is_residual
 from fedmllm.federated.results import system_result
 from fedmllm.federated.rounds import LoopSettings, Observer, RoundLoop, Transport
 from fedmllm.federated.runtime import ServerRuntime, build_partition
@@ -172,9 +173,14 @@ class FederatedExperiment:
         return result
 
     def save_adapter(self, system: str, state: Arrays, server_round: int) -> None:
-        self.server.load(state)
+        tuned = self.server.load(state)
         out = self.run.path / "adapters" / system / f"round-{server_round:03d}"
-        self.server.method.save(self.server.model, out)
+        tuned.method.save(tuned.model, out)
+        residuals = {k: contiguous(v) for k, v in state.items() if is_residual(k)}
+        if residuals:  # updates merged into the base weights (FLoRA, FedEx-LoRA): W = W0 + R
+            from safetensors.numpy import save_file
+
+            save_file(residuals, str(out / "lora_residual.safetensors"))
         write_json(out / "round.json", {"system": system, "round": server_round})
 
     def run_strategy(self, name: str) -> dict:

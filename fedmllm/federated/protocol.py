@@ -8,7 +8,7 @@ A train instruction (server -> client) holds:
     one ArrayRecord per named state of the algorithm's `Payload` (``global`` = the shared part
     of the global state; SCAFFOLD adds ``scaffold-c``), and
     ``CONFIG`` (ConfigRecord): `SERVER_ROUND`, `LOCAL_STEPS`, `LR`, `ALGORITHM`, `SYSTEM`,
-    `EXPERIMENT_ID`, `EXPERIMENT_DIR`, `CLIENT_STORE` and the algorithm's own keys
+    `EXPERIMENT_ID`, `EXPERIMENT_DIR`, `CLIENT_STORE`, `LORA_RANK` and the algorithm's own keys
     (``proximal-mu`` for FedProx). Round values only: never the whole experiment config.
 A train reply (client -> server) holds:
     one ArrayRecord per named state the algorithm expects back (`Algorithm.expected`: ``state``
@@ -38,6 +38,7 @@ SYSTEM = "system"  # which system (strategy) of the experiment the round belongs
 EXPERIMENT_ID = "experiment-id"  # short hash of the resolved config (clients cache by it)
 EXPERIMENT_DIR = "experiment-dir"  # where config.toml and partition.json live (simulation)
 CLIENT_STORE = "client-store"  # folder of the clients' local state (simulation); "" = in memory
+LORA_RANK = "lora-rank"  # this client's LoRA rank (heterogeneous clients); absent = the configured r
 
 # MetricRecord keys (client -> server).
 NUM_EXAMPLES = "num-examples"

@@ -12,9 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from fedmllm.config import Config, method_options
+from fedmllm.config import Config
 from fedmllm.experiment import ExperimentData, score
-from fedmllm.federated.algorithms.base import as_arrays, as_tensors
 
 def build_partition(cfg: Config, data: ExperimentData, num_clients: Optional[int] = None):
     """The client split of the downstream training pools (deterministic from the seed)."""
@@ -29,21 +28,19 @@ class ServerRuntime:
     """Scores global states on the downstream tests and upstream sets."""
 
     def __init__(self, cfg: Config, data: ExperimentData, bundle=None):
-        from fedmllm.methods import apply_method
+        from fedmllm.federated.tuned import TunedModels
         from fedmllm.models import build_model
 
         self.cfg = cfg
         bundle = bundle or build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
         self.base_model = bundle.model
         self.processor = bundle.processor
-        options, _ = method_options(cfg, cfg.federated.method)
-        import copy
-
-        self.model, self.method, _ = apply_method(copy.deepcopy(bundle.model), cfg.federated.method,
-                                                  options, seed=cfg.seed)
-        # Kept apart: `evaluate` loads other states into self.model, and every system (each
-        # strategy, pooled, each local client) must start from this same state.
-        self._initial = as_arrays(self.method.get_state(self.model))
+        # Copies of the base: `evaluate` loads other states into them, and every system (each
+        # strategy, pooled, each local client) must start from the same initial state.
+        self.models = TunedModels(cfg, bundle)
+        default = self.models.get()
+        self.model, self.method = default.model, default.method
+        self._initial = dict(default.initial)
         self.data = data
         self.upstream_sets = {
             "full": data.upstream,
@@ -54,15 +51,15 @@ class ServerRuntime:
         """The method's state right after it was applied (a fresh copy each call)."""
         return {k: v.copy() for k, v in self._initial.items()}
 
-    def load(self, state) -> None:
-        """Load a global ``state`` (numpy or torch) into the server's model."""
-        self.method.set_state(self.model, as_tensors(state))
+    def load(self, state):
+        """Load a global ``state`` (method keys, LoRA residuals; any LoRA rank) into the matching
+        model; returns that `Tuned` model."""
+        return self.models.load({k: np.asarray(v) for k, v in state.items()})
 
     def evaluate(self, state, upstream: Optional[str]) -> dict[str, dict[str, float]]:
         """Downstream scores and, for ``upstream`` = "small" (the per-round subsample) or "full",
         upstream scores of the global ``state``."""
-        self.load(state)
-        return self._scores(self.model, upstream)
+        return self._scores(self.load(state).model, upstream)
 
     def zero_shot(self) -> dict[str, dict[str, float]]:
         """The base model's scores on the same sets (E and F are measured against these)."""
