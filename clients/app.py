@@ -38,6 +38,25 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({P.METRICS: metrics}), reply_to=msg)
 
 
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score this client's own model (global shared part + its local part after the message's
+    round) on its local test split; reply ``score/<task>`` and ``count/<task>`` metrics."""
+    from fedmllm.federated.personal import COUNT, SCORE
+
+    payload = decode_payload(msg.content)
+    config = payload.config
+    experiment_dir = str(context.node_config.get("fedmllm-experiment", config[P.EXPERIMENT_DIR]))
+    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]))
+    partition_id = int(context.node_config["partition-id"])
+    store = _store(str(context.node_config.get("fedmllm-state-dir", config.get(P.CLIENT_STORE, ""))))
+    server_round, system = int(config[P.SERVER_ROUND]), str(config[P.SYSTEM])
+    scores, counts = runtime.evaluate_round(partition_id, payload, store.load(system, partition_id, server_round + 1))
+    metrics = {P.PARTITION_ID: partition_id, **{SCORE + t: v for t, v in scores.items()},
+               **{COUNT + t: n for t, n in counts.items()}}
+    return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training of this node's partition; reply with what the algorithm asks."""

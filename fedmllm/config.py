@@ -100,6 +100,13 @@ class FederatedConfig:
     baseline_checkpoint_every: int = _f(50, "pooled/local baselines: save a resumable loop checkpoint "
                                         "every n steps (0 = off)")
     instrument: bool = _f(True, "measure per-client metrics and drift every round (off: only aggregates)")
+    client_ranks: list = _f([], "per-client LoRA ranks r_k <= methods.lora.r, one per client (empty: all "
+                            "methods.lora.r); only strategies that allow heterogeneous ranks")
+    rank_profile: str = _f("", "named per-client rank mix instead of client_ranks: edge-mix = r in "
+                           "(2, 4, 8, 16) for clients 0, 1, 2, 3, 4, ... in turn")
+    client_local_steps: list = _f([], "per-client local steps per round, one per client (empty: all local_steps)")
+    eval_personalized: bool = _f(True, "score every client's own model on its local test split every "
+                                 "eval_every rounds (required by personalized strategies)")
 
 
 @dataclass

@@ -50,8 +50,13 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     run = RunDir(Path(run_dir), cfg)
     exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log))
     if cfg.federated.instrument:
+        from fedmllm.federated.algorithms import ALGORITHMS
+        from fedmllm.federated.tuned import rank_scaling
+
         factors = exp.server.method.lora_factors(exp.server.initial_state())
-        exp.observer = lambda system: Instrument(system, run.log, factors)
+        scaling = rank_scaling(cfg)[1]
+        exp.observer = lambda system: Instrument(system, run.log, factors, scaling,
+                                                 personalized=ALGORITHMS.get(system).personalized)
     return exp.run_all()
 
 

@@ -70,8 +70,9 @@ class GridTransport:
                           "seconds": time.perf_counter() - t0})
         return {pid: node for node, pid in self.partitions.items()}
 
-    def messages(self, payloads: dict[int, Payload]) -> tuple[list[Message], dict[int, str]]:
-        """One train message per partition's node; partitions without a node are failures."""
+    def messages(self, payloads: dict[int, Payload], message_type: str = MessageType.TRAIN
+                 ) -> tuple[list[Message], dict[int, str]]:
+        """One message per partition's node; partitions without a node are failures."""
         nodes = self.nodes_by_partition()
         messages, missing = [], {}
         for pid, payload in sorted(payloads.items()):
@@ -79,7 +80,7 @@ class GridTransport:
                 missing[pid] = "no connected node has this partition id"
                 continue
             messages.append(Message(encode_payload(payload), dst_node_id=nodes[pid],
-                                    message_type=MessageType.TRAIN))
+                                    message_type=message_type))
         return messages, missing
 
     def decode(self, replies: Iterable[Message]) -> tuple[dict[int, RawReply], dict[int, str]]:
@@ -95,13 +96,17 @@ class GridTransport:
                 raw[pid] = RawReply(decode_groups(m.content), decode_metrics(m.content))
         return raw, failures
 
-    def exchange(self, server_round: int, payloads: dict[int, Payload]):
+    def exchange(self, server_round: int, payloads: dict[int, Payload], message_type: str = MessageType.TRAIN):
         """Send every payload, wait for the replies (`rounds.Transport`)."""
-        messages, failures = self.messages(payloads)
+        messages, failures = self.messages(payloads, message_type)
         raw, failed = self.decode(self.grid.send_and_receive(messages, timeout=self.timeout))
         failures.update(failed)
         failures.update({pid: "no reply" for pid in payloads if pid not in raw and pid not in failures})
         return raw, failures
+
+    def evaluate(self, server_round: int, payloads: dict[int, Payload]):
+        """Evaluate messages (each client's own model on its local test split)."""
+        return self.exchange(server_round, payloads, MessageType.EVALUATE)
 
 
 class AlgorithmStrategy(Strategy):
@@ -125,7 +130,7 @@ class AlgorithmStrategy(Strategy):
             self.transport = GridTransport(grid, timeout=self.timeout)
         self._global = record_to_numpy(arrays)
         if server_round == 1:
-            self.algorithm.init(self._global)
+            self._global = self.algorithm.init(self._global) or self._global
         clients = sampled_partitions(self.seed, len(list(grid.get_node_ids())), self.clients_per_round,
                                      server_round)
         base = {**dict(config), **self.round_config(server_round), P.SERVER_ROUND: server_round,

@@ -50,6 +50,14 @@ def check_federated(cfg: Config) -> None:
     method_options(cfg, fed.method)
     bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
     check_methods(bundle.model, cfg, [fed.method])
+    from fedmllm.federated.heterogeneity import check_heterogeneity
+    from fedmllm.federated.tuned import TunedModels
+
+    check_heterogeneity(cfg, TunedModels(cfg, bundle).get().initial)
+    personal = [s for s in fed.strategies if ALGORITHMS.get(s).personalized]
+    if personal and not fed.eval_personalized:
+        raise UserError(f"strategy {personal[0]!r} is personalized (clients keep part of their model): "
+                        "set federated.eval_personalized = true, its global model alone is not the result")
 
 
 def backend_config(cfg: Config) -> dict:

@@ -66,9 +66,11 @@ class ClientUpdate:
 class ClientRuntime:
     """Base model + method (one per LoRA rank), built once; each partition's samples, on first use."""
 
-    def __init__(self, cfg: Config, partition, bundle=None, pools: Optional[dict] = None):
+    def __init__(self, cfg: Config, partition, bundle=None, pools: Optional[dict] = None,
+                 test_partition=None, test_pools: Optional[dict] = None):
         """``partition``: the experiment's `Partition`. ``bundle`` (its model is copied) and
-        ``pools`` (the downstream training pools) let an in-process caller share what it has."""
+        ``pools`` (the downstream training pools) let an in-process caller share what it has;
+        ``test_partition`` (and ``test_pools``) give each client its local test split."""
         import torch
 
         from fedmllm.data.collate import encode_train
@@ -76,6 +78,8 @@ class ClientRuntime:
         from fedmllm.models import build_model
 
         self.cfg, self.partition, self._pools = cfg, partition, pools
+        self.test_partition, self._test_pools = test_partition, test_pools
+        self._tests: dict[int, dict] = {}
         own = bundle is None
         if own:  # a fresh process (Ray actor): one torch thread per simulated client
             torch.set_num_threads(1)
@@ -101,6 +105,45 @@ class ClientRuntime:
                 self._samples[partition_id] = load_client_samples(self.cfg, self.partition, partition_id)
         return self._samples[partition_id]
 
+    def client_tests(self, partition_id: int) -> dict:
+        """The client's local test split, by task (cached)."""
+        from fedmllm.federated.personal import load_client_tests
+
+        if self.test_partition is None:
+            raise RuntimeError("this experiment has no partition_test.json (federated.eval_personalized = false)")
+        if partition_id not in self._tests:
+            if self._test_pools is not None:
+                own = self.test_partition.clients[partition_id]
+                self._tests[partition_id] = {t: [self._test_pools[t][i] for i in own[t]]
+                                             for t in self.test_partition.tasks if own[t]}
+            else:
+                self._tests[partition_id] = load_client_tests(self.cfg, self.test_partition, partition_id)
+        return self._tests[partition_id]
+
+    def own_model(self, payload: Payload, local_state: Groups):
+        """The client's own model for ``payload`` (what its round would start from): the shared
+        part received, its local part, residuals in the base. Returns the loaded `Tuned`."""
+        config = payload.config
+        algo = self.algorithm(str(config[P.ALGORITHM]))
+        rank = config.get(P.LORA_RANK)
+        tuned = self.models.get(int(rank) if rank else None)
+        received = payload.arrays[GLOBAL]
+        residuals = {k: v for k, v in received.items() if is_residual(k)}
+        self.models.set_residuals(tuned, residuals)  # merged updates go into the frozen base
+        payload = Payload({**payload.arrays, GLOBAL: {k: v for k, v in received.items() if k not in residuals}},
+                          config)
+        state, hooks, plan = algo.prepare(payload, local_state, tuned.method, tuned.initial)
+        tuned.method.set_state(tuned.model, as_tensors(state))
+        return tuned, algo, payload, hooks, plan
+
+    def evaluate_round(self, partition_id: int, payload: Payload, local_state: Groups) -> tuple[dict, dict]:
+        """(task -> score, task -> samples) of the client's own model on its local test split."""
+        from fedmllm.federated.personal import score_on_splits
+
+        tuned = self.own_model(payload, local_state)[0]
+        return score_on_splits(tuned.model, self.processor, self.client_tests(partition_id),
+                               self.cfg.eval.batch_size)
+
     def algorithm(self, name: str):
         """The client half of algorithm ``name`` (it reads its settings from the payload)."""
         if name not in self._algorithms:
@@ -112,19 +155,10 @@ class ClientRuntime:
         from fedmllm.training.loop import loop_config, train_local
 
         config = payload.config
-        algo = self.algorithm(str(config[P.ALGORITHM]))
         server_round, lr, steps = int(config[P.SERVER_ROUND]), float(config[P.LR]), int(config[P.LOCAL_STEPS])
         samples = self.client_samples(partition_id)
-        rank = config.get(P.LORA_RANK)
-        tuned = self.models.get(int(rank) if rank else None)
-        received = payload.arrays[GLOBAL]
-        residuals = {k: v for k, v in received.items() if is_residual(k)}
-        self.models.set_residuals(tuned, residuals)  # merged updates go into the frozen base
-        payload = Payload({**payload.arrays, GLOBAL: {k: v for k, v in received.items() if k not in residuals}},
-                          config)
+        tuned, algo, payload, hooks, plan = self.own_model(payload, local_state)
         model, method = tuned.model, tuned.method
-        state, hooks, plan = algo.prepare(payload, local_state, method, tuned.initial)
-        method.set_state(model, as_tensors(state))
         params = method.state_parameters(model)
         frozen = [params[k] for k in plan.frozen if params[k].requires_grad]
         for p in frozen:
@@ -157,8 +191,10 @@ def client_runtime(experiment_dir: str | Path, experiment_id: str) -> ClientRunt
         if config_key(dumps(cfg)) != experiment_id:
             raise RuntimeError(f"{root}/config.toml is not experiment {experiment_id}")
         partition = Partition.from_json((root / "partition.json").read_text())
+        tests = root / "partition_test.json"
+        test_partition = Partition.from_json(tests.read_text()) if tests.is_file() else None
         _RUNTIMES.clear()  # one experiment per process at a time: free the previous model
-        _RUNTIMES[experiment_id] = ClientRuntime(cfg, partition)
+        _RUNTIMES[experiment_id] = ClientRuntime(cfg, partition, test_partition=test_partition)
     return _RUNTIMES[experiment_id]
 
 

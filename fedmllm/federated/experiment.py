@@ -61,12 +61,15 @@ def system_order(cfg: Config) -> list[str]:
 def loop_settings(cfg: Config, system: str, run_path: Path) -> LoopSettings:
     """The round loop settings of strategy ``system``: rounds, sampling, round lr, failure budget,
     and the config values every train message carries (experiment id, run dir, client store)."""
+    from fedmllm.federated.heterogeneity import client_ranks, client_steps
+
     fed = cfg.federated
     _, lr = method_options(cfg, fed.method)
     return LoopSettings(
         system=system, rounds=fed.rounds, num_clients=fed.num_clients,
         clients_per_round=fed.clients_per_round, seed=cfg.seed, local_steps=fed.local_steps,
         base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,
+        client_ranks=client_ranks(cfg), client_steps=client_steps(cfg),
         common_config={P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
                        P.CLIENT_STORE: str((run_path / "clients").resolve())})
 
@@ -87,7 +90,10 @@ class FederatedExperiment:
         self.data = ExperimentData.load(cfg)
         self.server = ServerRuntime(cfg, self.data, self.bundle)
         self.partition = self._partition()
-        self.clients = ClientRuntime(cfg, self.partition, self.bundle, self.data.train)  # baselines
+        self.test_partition = self._test_partition()
+        self.clients = ClientRuntime(cfg, self.partition, self.bundle, self.data.train,  # baselines
+                                     test_partition=self.test_partition, test_pools=self.data.test)
+        self.personal: dict[str, dict] = {}  # system -> its last personalized summary
         self.zero = self._setup()
         self.pooled_state: Optional[Arrays] = self._load_pooled()
 
@@ -114,6 +120,20 @@ class FederatedExperiment:
         partition = build_partition(self.cfg, self.data)
         write_json(path, partition.to_json())
         return partition
+
+    def _test_partition(self):
+        """Each client's local test split (``partition_test.json``), for personalized scores."""
+        from fedmllm.data.partition import Partition
+        from fedmllm.federated.personal import split_for_clients
+
+        if not self.cfg.federated.eval_personalized:
+            return None
+        path = self.run.path / "partition_test.json"
+        if path.is_file():
+            return Partition.from_json(path.read_text())
+        split = split_for_clients(self.partition, self.data.test)
+        write_json(path, split.to_json())
+        return split
 
     def _setup(self) -> dict:
         """Partition and zero-shot events, once (zero-shot scores cached in zeroshot.json)."""
@@ -162,6 +182,8 @@ class FederatedExperiment:
         scores = self.server.evaluate(state, upstream="full")
         result = system_result(system, kind, self.cfg.model.name, scores, self.zero["full"])
         result.update(extra)
+        if system in self.personal:
+            result["personalized"] = self.personal[system]
         self.save_adapter(system, state, self.cfg.federated.rounds)
         return self.done(system, result)
 
@@ -189,18 +211,21 @@ class FederatedExperiment:
             raise UserError(f"strategy {name!r} needs a transport (run it through `fedmllm federated`)")
         fed = self.cfg.federated
         algo = build_algorithm(name, self.cfg.strategy_options.get(name, {}), num_clients=fed.num_clients)
-        loop = RoundLoop(algo, self.transport, loop_settings(self.cfg, name, self.run.path), log=self.run.log,
+        observer = self.observer(name) if self.observer else None
+        settings = loop_settings(self.cfg, name, self.run.path)
+        loop = RoundLoop(algo, self.transport, settings, log=self.run.log,
                          metrics_size=self.progress.metrics_size, checkpoints=self.checkpoints,
-                         observer=self.observer(name) if self.observer else None,
-                         evaluate=lambda r, state: self.evaluate_round(name, r, state))
+                         observer=observer, after_aggregate=getattr(observer, "aggregated", None),
+                         evaluate=lambda r, state: self.evaluate_round(name, r, state, algo, settings))
         final = loop.run(self.server.initial_state())
         t = loop.totals
         return self.finish(name, "strategy", final, {"seconds": t["seconds"], "rounds": fed.rounds,
                                                      "bytes_up": t["bytes_up"], "bytes_down": t["bytes_down"]})
 
-    def evaluate_round(self, system: str, server_round: int, state: Arrays) -> None:
-        """The per-round evaluation schedule: downstream every ``eval_every`` rounds, upstream
-        (the small subsample) every ``upstream_every``, adapters every ``save_every``."""
+    def evaluate_round(self, system: str, server_round: int, state: Arrays, algo=None, settings=None) -> None:
+        """The per-round evaluation schedule: downstream every ``eval_every`` rounds (and every
+        client's own model on its local split, ``eval_personalized``), upstream (the small
+        subsample) every ``upstream_every``, adapters every ``save_every``."""
         fed = self.cfg.federated
         if server_round % fed.eval_every and server_round != fed.rounds:
             return
@@ -214,34 +239,92 @@ class FederatedExperiment:
 
             event["F"] = forgetting(scores["upstream"], self.zero["small"]["upstream"])
         if self.pooled_state is not None:
-            event["divergence_from_pooled"] = weight_divergence(state, self.pooled_state)
+            event.update(pooled_divergence(state, self.pooled_state, self.server.models.scaling))
         self.run.log(event)
+        if fed.eval_personalized and algo is not None and hasattr(self.transport, "evaluate"):
+            self.personalized_round(system, server_round, state, algo, settings)
         if server_round % fed.save_every == 0 and server_round != fed.rounds:
             self.save_adapter(system, state, server_round)
         mean_down = sum(scores["downstream"].values()) / len(scores["downstream"])
         print(f"[{system}] round {server_round}/{fed.rounds}: downstream mean {mean_down:.1f}"
               + (f", F {event['F']:+.1f}" if "F" in event else ""), flush=True)
 
+    def personalized_round(self, system: str, server_round: int, state: Arrays, algo, settings) -> None:
+        """Every client scores its own model (what its next round would start from) on its local
+        test split, through evaluate messages; logs a ``personalized_eval`` event."""
+        from fedmllm.federated.algorithms import Payload
+        from fedmllm.federated.personal import COUNT, SCORE, client_score, summarize
+
+        payloads = {}
+        for pid in range(self.cfg.federated.num_clients):
+            p = algo.configure(server_round + 1, pid, state)
+            payloads[pid] = Payload(p.arrays, {**settings.common_config, **settings.client_config(pid),
+                                               P.SERVER_ROUND: server_round, P.ALGORITHM: algo.name,
+                                               P.SYSTEM: system, **p.config})
+        raw, failures = self.transport.evaluate(server_round, payloads)
+        per_client = {}
+        for pid, reply in raw.items():
+            scores = {k[len(SCORE):]: float(v) for k, v in reply.metrics.items() if k.startswith(SCORE)}
+            counts = {k[len(COUNT):]: int(v) for k, v in reply.metrics.items() if k.startswith(COUNT)}
+            per_client[pid] = client_score(scores, counts)
+        summary = summarize(per_client)
+        self.personal[system] = summary
+        self.run.log({"event": "personalized_eval", "system": system, "round": server_round,
+                      "failed": sorted(failures), **summary})
+
+    def personal_baseline(self, models_by_client) -> dict:
+        """Personalized summary of a baseline: ``models_by_client(pid)`` -> the model it scores."""
+        from fedmllm.federated.personal import client_score, score_on_splits, summarize
+
+        per_client = {}
+        for pid in range(len(self.partition.clients)):
+            scores, counts = score_on_splits(models_by_client(pid), self.server.processor,
+                                             self.clients.client_tests(pid), self.cfg.eval.batch_size)
+            per_client[pid] = client_score(scores, counts)
+        return summarize(per_client)
+
     # --- baselines' training -------------------------------------------------------------------
-    def train_from_initial(self, samples: list, steps: int, seed: int, name: str) -> Arrays:
-        """Centralized training of the method from the initial state, resumable every
-        ``federated.baseline_checkpoint_every`` steps (``checkpoints/<name>.pt``)."""
+    def train_from_initial(self, samples: list, steps: int, seed: int, name: str,
+                           rank: Optional[int] = None) -> Arrays:
+        """Centralized training of the method (at LoRA ``rank``; None: the global one) from its
+        initial state, resumable every ``federated.baseline_checkpoint_every`` steps
+        (``checkpoints/<name>.pt``)."""
         from fedmllm.federated.algorithms.base import as_arrays
         from fedmllm.training.loop import LoopCheckpoint, loop_config, train_local
 
-        rt, fed = self.clients, self.cfg.federated
-        rt.method.set_state(rt.model, _tensors(self.server.initial_state()))
+        fed = self.cfg.federated
+        rt = self.clients.models.get(rank)
+        self.clients.models.set_residuals(rt, {})
+        rt.method.set_state(rt.model, _tensors(rt.initial if rank is not None else self.server.initial_state()))
         _, lr = method_options(self.cfg, fed.method)
         every = fed.baseline_checkpoint_every
         ckpt = LoopCheckpoint(self.run.path / "checkpoints" / f"{name}.pt", every) if every else None
         if ckpt is not None:
             ckpt.path.parent.mkdir(parents=True, exist_ok=True)
-        train_local(rt.model, samples, rt.collate, loop_config(self.cfg.train, lr=lr, steps=steps),
+        train_local(rt.model, samples, self.clients.collate, loop_config(self.cfg.train, lr=lr, steps=steps),
                     seed=seed, checkpoint=ckpt)
         state = as_arrays(rt.method.get_state(rt.model))
         if ckpt is not None:
             ckpt.path.unlink(missing_ok=True)  # the caller records the result durably next
         return state
+
+
+def pooled_divergence(state: Arrays, pooled: Arrays, scaling: Optional[float]) -> dict:
+    """Weight divergence from the pooled model (Zhao et al. 2018): over the raw trainable state
+    where the two have the same keys and shapes, and for LoRA also over the effective updates
+    dW = R + s B A (comparable across ranks, residuals and re-initialized factors)."""
+    from fedmllm.federated import lora
+
+    out: dict[str, Any] = {}
+    if all(k in state and np.shape(state[k]) == np.shape(v) for k, v in pooled.items()) and \
+            not any(lora.is_residual(k) for k in state):
+        out["divergence_from_pooled"] = weight_divergence(state, pooled)
+    prefixes = lora.layers(list(pooled))
+    if scaling is not None and prefixes:
+        fl = {p: lora.effective_update(state, p, scaling) for p in prefixes}
+        c = {p: lora.effective_update(pooled, p, scaling) for p in prefixes}
+        out["divergence_from_pooled_dW"] = weight_divergence(fl, c)
+    return out
 
 
 def _tensors(state: Arrays) -> dict:
@@ -252,9 +335,12 @@ def _tensors(state: Arrays) -> dict:
 
 def run_pooled(exp: FederatedExperiment) -> dict:
     """Centralized training on the union of the clients' data, same total steps."""
+    from fedmllm.federated.heterogeneity import client_steps
+
     fed = exp.cfg.federated
     per_round = fed.clients_per_round or fed.num_clients
-    steps = fed.rounds * per_round * fed.local_steps
+    budgets = client_steps(exp.cfg)  # per-client budgets: the same expected total of steps
+    steps = fed.rounds * (round(sum(budgets) * per_round / fed.num_clients) if budgets else per_round * fed.local_steps)
     samples = [s for pid in range(len(exp.partition.clients)) for s in exp.clients.client_samples(pid)]
     t0 = time.perf_counter()
     state = exp.pooled_state  # trained by a killed attempt that did not finish evaluating
@@ -266,13 +352,19 @@ def run_pooled(exp: FederatedExperiment) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: contiguous(v) for k, v in state.items()}, str(path))
         exp.pooled_state = state
+    if exp.test_partition is not None:
+        model = exp.server.load(state).model
+        exp.personal["pooled"] = exp.personal_baseline(lambda pid: model)
     return exp.finish("pooled", "baseline", state, {"steps": steps, "seconds": time.perf_counter() - t0})
 
 
 def run_local(exp: FederatedExperiment) -> dict:
     """Each client alone for all rounds' steps; scores averaged over clients (each client's
     scores are kept under ``checkpoints/local/``, so a resumed run skips finished clients)."""
+    from fedmllm.federated.heterogeneity import client_ranks, client_steps
+
     fed = exp.cfg.federated
+    budgets, ranks = client_steps(exp.cfg), client_ranks(exp.cfg)  # each client's own budget and rank
     folder = exp.run.path / "checkpoints" / "local"
     per_client = []
     t0 = time.perf_counter()
@@ -284,9 +376,16 @@ def run_local(exp: FederatedExperiment) -> dict:
         samples = exp.clients.client_samples(pid)
         if not samples:
             continue
-        state = exp.train_from_initial(samples, fed.rounds * fed.local_steps,
-                                       derive_seed(exp.cfg.seed, "local", pid), f"local-{pid}")
+        budget = budgets[pid] if budgets else fed.local_steps
+        state = exp.train_from_initial(samples, fed.rounds * budget, derive_seed(exp.cfg.seed, "local", pid),
+                                       f"local-{pid}", rank=ranks[pid] if ranks else None)
         scores = exp.server.evaluate(state, upstream="full")
+        if exp.test_partition is not None:  # its own model on its own test split
+            from fedmllm.federated.personal import score_on_splits
+
+            own, counts = score_on_splits(exp.server.load(state).model, exp.server.processor,
+                                          exp.clients.client_tests(pid), exp.cfg.eval.batch_size)
+            scores["own"] = {"scores": own, "counts": counts}
         write_json(path, scores)
         per_client.append(scores)
         print(f"[local] client {pid} done", flush=True)
@@ -294,6 +393,11 @@ def run_local(exp: FederatedExperiment) -> dict:
            for part in ("downstream", "upstream")}
     result = system_result("local", "baseline", exp.cfg.model.name, avg, exp.zero["full"])
     result.update({"clients": len(per_client), "seconds": time.perf_counter() - t0})
+    if exp.test_partition is not None:
+        from fedmllm.federated.personal import client_score, summarize
+
+        result["personalized"] = summarize({pid: client_score(c["own"]["scores"], c["own"]["counts"])
+                                            for pid, c in enumerate(per_client) if "own" in c})
     return exp.done("local", result)
 
 

@@ -64,6 +64,8 @@ def sampled_partitions(seed: int, num_clients: int, per_round: int, server_round
 
 # observer(server_round, global_before, replies) -> extra fields of the round event (e.g. drift)
 Observer = Callable[[int, Arrays, Sequence[Reply]], dict]
+# after_aggregate(server_round, global_before, replies, global_after) -> extra fields of the round event
+AfterAggregate = Callable[[int, Arrays, Sequence[Reply], Arrays], dict]
 # evaluate(server_round, global_state) -> None (logs and saves what the schedule says)
 Evaluate = Callable[[int, Arrays], None]
 
@@ -82,6 +84,16 @@ class LoopSettings:
     lr_decay: float = 1.0
     max_failure_fraction: float = 0.5
     common_config: dict[str, Any] = field(default_factory=dict)  # experiment id, dirs
+    client_ranks: Optional[list[int]] = None  # per-client LoRA ranks (None: the global rank)
+    lora_scaling: Optional[float] = None  # s = alpha / r_g of a LoRA method (None: not LoRA)
+    client_steps: Optional[list[int]] = None  # per-client local steps (None: local_steps)
+
+    def client_config(self, client: int) -> dict[str, Any]:
+        """Per-client round values: local steps (budgets) and, if heterogeneous, the LoRA rank."""
+        out: dict[str, Any] = {P.LOCAL_STEPS: self.client_steps[client] if self.client_steps else self.local_steps}
+        if self.client_ranks:
+            out[P.LORA_RANK] = self.client_ranks[client]
+        return out
 
     def lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round``: lr x decay^(round - 1)."""
@@ -94,10 +106,13 @@ class RoundLoop:
     def __init__(self, algorithm: Algorithm, transport: Transport, settings: LoopSettings, *,
                  log: Callable[[dict], None], metrics_size: Callable[[], int],
                  checkpoints: Optional[CheckpointStore] = None, observer: Optional[Observer] = None,
-                 evaluate: Optional[Evaluate] = None):
+                 evaluate: Optional[Evaluate] = None, after_aggregate: Optional[AfterAggregate] = None):
         self.algo, self.transport, self.s = algorithm, transport, settings
         self.log, self.metrics_size = log, metrics_size
         self.checkpoints, self.observer, self.evaluate = checkpoints, observer, evaluate
+        self.after_aggregate = after_aggregate
+        algorithm.set_client_ranks(settings.client_ranks)
+        algorithm.set_lora_scaling(settings.lora_scaling)
         self.totals: dict[str, float] = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0, "rounds": 0}
 
     def resume_point(self) -> Optional[RoundCheckpoint]:
@@ -106,7 +121,7 @@ class RoundLoop:
 
     def run(self, initial_state: Arrays) -> Arrays:
         state = dict(initial_state)
-        self.algo.init(state)
+        state = self.algo.init(state) or state
         first = 1
         ckpt = self.resume_point()
         if ckpt is not None:
@@ -124,11 +139,11 @@ class RoundLoop:
         s, t0 = self.s, time.perf_counter()
         clients = sampled_partitions(s.seed, s.num_clients, s.clients_per_round, server_round)
         config = {**s.common_config, P.SERVER_ROUND: server_round, P.LR: s.lr(server_round),
-                  P.LOCAL_STEPS: s.local_steps, P.ALGORITHM: self.algo.name, P.SYSTEM: s.system}
+                  P.ALGORITHM: self.algo.name, P.SYSTEM: s.system}
         payloads = {}
         for pid in clients:
             payload = self.algo.configure(server_round, pid, state)
-            payloads[pid] = Payload(payload.arrays, {**config, **payload.config})
+            payloads[pid] = Payload(payload.arrays, {**config, **s.client_config(pid), **payload.config})
         raw, failures = self.transport.exchange(server_round, payloads)
         crash_point(s.system, server_round, "train")
         replies = validated_replies(self.algo, server_round, state, clients, raw, failures)
@@ -144,6 +159,8 @@ class RoundLoop:
         extra = self.observer(server_round, state, replies) if self.observer else {}
         new_state = self.algo.aggregate(server_round, state, replies)
         crash_point(s.system, server_round, "aggregate")
+        if self.after_aggregate:
+            extra.update(self.after_aggregate(server_round, state, replies, new_state))
         up = sum(int(r.metrics.get(P.BYTES_OUT, 0)) for r in replies)
         down = sum(int(r.metrics.get(P.BYTES_IN, 0)) for r in replies)
         self.totals["bytes_up"] += up

@@ -98,18 +98,26 @@ class Algorithm:
         defaults: the algorithm's own options, name -> default (``[strategy_options.<name>]``).
         handles_non_averageable: True when the new global state is one client's state unchanged
             (selection, e.g. Krum), so state that must not be mixed across clients survives.
+        heterogeneous_ranks: True when clients may hold LoRA adapters of different ranks
+            (``federated.client_ranks``); `client_rank` gives client k's.
+        personalized: True when clients keep local keys, so each client's own model differs
+            from the global one (evaluated on its local test split).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     handles_non_averageable: ClassVar[bool] = False
+    heterogeneous_ranks: ClassVar[bool] = False  # clients may hold LoRA adapters of other ranks
+    personalized: ClassVar[bool] = False  # clients keep part of their model (local keys)
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None, *, num_clients: int = 1):
         """``options`` are checked against `defaults` (unknown keys, types, NaN/Inf: `UserError`);
         ``num_clients`` is the number of partitions N of the experiment."""
         self.options = resolve_options(f"strategy {self.name!r}", dict(options or {}), self.defaults)
         self.num_clients = int(num_clients)
+        self.ranks: Optional[list[int]] = None  # per-client LoRA ranks (None: all the global rank)
+        self.lora_scaling: Optional[float] = None  # s = alpha / r_g of the global LoRA adapter
         try:
             self.validate()
         except ValueError as e:
@@ -117,6 +125,19 @@ class Algorithm:
 
     def validate(self) -> None:
         """Range checks of ``self.options`` (raise ValueError)."""
+
+    def set_client_ranks(self, ranks: Optional[Sequence[int]]) -> None:
+        """Per-client LoRA ranks r_k (None: every client has the global adapter's rank)."""
+        self.ranks = None if ranks is None else [int(r) for r in ranks]
+
+    def client_rank(self, client: int) -> Optional[int]:
+        """Client k's LoRA rank, or None when all ranks are the global one."""
+        return None if self.ranks is None else self.ranks[client]
+
+    def set_lora_scaling(self, scaling: Optional[float]) -> None:
+        """The LoRA scaling s = alpha / r_g (one for every client rank), for rules that form the
+        effective update s B A on the server (FLoRA, FedEx-LoRA, FlexLoRA); None: not LoRA."""
+        self.lora_scaling = None if scaling is None else float(scaling)
 
     def min_replies(self) -> int:
         """The fewest valid replies a round can aggregate (robust rules need more than one)."""
@@ -132,8 +153,10 @@ class Algorithm:
         return StatePlan(shared=tuple(shapes))
 
     # -- server half -----------------------------------------------------------------------
-    def init(self, global_state: Arrays) -> None:
-        """Called once before round 1 with the initial global state (allocate server state)."""
+    def init(self, global_state: Arrays) -> Optional[Arrays]:
+        """Called once before round 1 with the initial global state: allocate server state; may
+        return an extended initial state (e.g. zero LoRA residuals), else None."""
+        return None
 
     def client_config(self, server_round: int) -> dict[str, Any]:
         """Config values the client half needs (named message keys)."""
