@@ -33,16 +33,58 @@ def comparison_table(systems: list[dict], zero: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean_error(rs: list[dict]) -> float | None:
+    """Mean over rounds of the relative LoRA aggregation error (None where not measured)."""
+    vals = [r["lora_aggregation_error_rel"] for r in rs if r.get("lora_aggregation_error_rel") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def communication_table(systems: list[dict], rounds: dict[str, list[dict]]) -> str:
-    lines = ["| system | rounds | uploaded (MB) | downloaded (MB) | per client per round up (KB) |",
-             "|---|---|---|---|---|"]
+    lines = ["| system | rounds | uploaded (MB) | downloaded (MB) | per client per round up (KB) | "
+             "per client per round down (KB) | LoRA aggregation error (rel., mean over rounds) |",
+             "|---|---|---|---|---|---|---|"]
     for s in systems:
         rs = rounds.get(s["system"], [])
         if not rs:
             continue
         up, down = sum(r["bytes_up"] for r in rs), sum(r["bytes_down"] for r in rs)
         n = sum(r["clients"] for r in rs) or 1
-        lines.append(f"| {s['system']} | {len(rs)} | {up / 1e6:.2f} | {down / 1e6:.2f} | {up / n / 1e3:.1f} |")
+        err = _mean_error(rs)
+        lines.append(f"| {s['system']} | {len(rs)} | {up / 1e6:.2f} | {down / 1e6:.2f} | {up / n / 1e3:.1f} | "
+                     f"{down / n / 1e3:.1f} | {'–' if err is None else f'{err:.2e}'} |")
+    return "\n".join(lines)
+
+
+def personalized_table(systems: list[dict]) -> str:
+    """Global model vs every client's own model on its local test split (the fairness view)."""
+    lines = ["| system | global: mean downstream | own models: mean (per test sample) | mean (per client) "
+             "| worst client | std | 10th percentile |", "|---|---|---|---|---|---|---|"]
+    for s in systems:
+        p = s.get("personalized")
+        if not p:
+            continue
+        lines.append(f"| {s['system']} | {s['downstream_mean']:.1f} | {p['mean_weighted']:.1f} | "
+                     f"{p['mean_unweighted']:.1f} | {p['worst']:.1f} (client {p['worst_client']}) | "
+                     f"{p['std']:.1f} | {p['p10']:.1f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def ranking_table(systems: list[dict], rounds: dict[str, list[dict]]) -> str:
+    """Systems ranked by each criterion (best first)."""
+    def bytes_of(s):
+        rs = rounds.get(s["system"], [])
+        return sum(r["bytes_up"] + r["bytes_down"] for r in rs) if rs else None
+
+    criteria = [("mean downstream score", lambda s: s["downstream_mean"], True),
+                ("F (less forgetting first)", lambda s: s["F"], True),
+                ("personalized mean (per client)", lambda s: (s.get("personalized") or {}).get("mean_unweighted"), True),
+                ("LoRA aggregation error", lambda s: _mean_error(rounds.get(s["system"], [])), False),
+                ("bytes up + down", bytes_of, False)]
+    lines = ["| criterion | ranking (best first) |", "|---|---|"]
+    for label, key, high in criteria:
+        scored = [(key(s), s["system"]) for s in systems if key(s) is not None]
+        scored.sort(key=lambda x: -x[0] if high else x[0])
+        lines.append(f"| {label} | {' > '.join(f'{n} ({v:.3g})' for v, n in scored) or '–'} |")
     return "\n".join(lines)
 
 
@@ -159,7 +201,18 @@ def build_federated_report(run_dir: Path) -> Path:
                   "(negative = forgetting); O = E + F, averaged over datasets.\n",
                   comparison_table(systems, zero), ""]
     if rounds:
-        parts += ["## Communication\n", communication_table(systems, rounds), ""]
+        parts += ["## Communication and LoRA aggregation\n",
+                  "LoRA aggregation error: ||dW_global - sum_k p_k dW_k|| / ||sum_k p_k dW_k|| with "
+                  "dW = R + s B A (0 for exact rules; FedIT's is the A/B averaging discrepancy).\n",
+                  communication_table(systems, rounds), ""]
+    table = personalized_table(systems)
+    if table:
+        parts += ["## Personalized evaluation\n",
+                  "Every client's own model (global shared part + its local part) on its local test "
+                  "split; 'per test sample' weights clients by their test sizes, 'per client' counts each "
+                  "client once.\n", table, ""]
+    if systems:
+        parts += ["## Ranking\n", ranking_table(systems, rounds), ""]
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:
         parts.append(f"**Client failures:** {len(failures)} (see `metrics.jsonl`, event `client_failed`).\n")
