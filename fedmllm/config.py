@@ -104,6 +104,9 @@ class FederatedConfig:
                             "methods.lora.r); only strategies that allow heterogeneous ranks")
     rank_profile: str = _f("", "named per-client rank mix instead of client_ranks: edge-mix = r in "
                            "(2, 4, 8, 16) for clients 0, 1, 2, 3, 4, ... in turn")
+    rank_scope: str = _f("all", "which strategies get the mixed client ranks: all (a strategy that needs "
+                         "equal ranks is an error) | where-allowed (those run every client at "
+                         "methods.lora.r)", choices=("all", "where-allowed"))
     client_local_steps: list = _f([], "per-client local steps per round, one per client (empty: all local_steps)")
     eval_personalized: bool = _f(True, "score every client's own model on its local test split every "
                                  "eval_every rounds (required by personalized strategies)")

@@ -69,7 +69,7 @@ def loop_settings(cfg: Config, system: str, run_path: Path) -> LoopSettings:
         system=system, rounds=fed.rounds, num_clients=fed.num_clients,
         clients_per_round=fed.clients_per_round, seed=cfg.seed, local_steps=fed.local_steps,
         base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,
-        client_ranks=client_ranks(cfg), client_steps=client_steps(cfg),
+        client_ranks=client_ranks(cfg, system), client_steps=client_steps(cfg),
         common_config={P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
                        P.CLIENT_STORE: str((run_path / "clients").resolve())})
 
@@ -139,7 +139,9 @@ class FederatedExperiment:
         """Partition and zero-shot events, once (zero-shot scores cached in zeroshot.json)."""
         path = self.run.path / "zeroshot.json"
         zero = json.loads(path.read_text()) if path.is_file() else None
-        print(self.partition.counts_table(), flush=True)
+        from fedmllm.federated.heterogeneity import client_columns
+
+        print(self.partition.counts_table(client_columns(self.cfg)), flush=True)
         if self.progress.get("setup") is None:
             if zero is None:
                 zero = self.server.zero_shot()

@@ -20,11 +20,18 @@ RANK_PROFILES: dict[str, tuple[int, ...]] = {
 }
 
 
-def client_ranks(cfg: Config) -> Optional[list[int]]:
-    """Client k's LoRA rank for every k, or None when every client has the global rank."""
+def client_ranks(cfg: Config, strategy: Optional[str] = None) -> Optional[list[int]]:
+    """Client k's LoRA rank for every k, or None when every client has the global rank.
+
+    ``strategy``: with ``federated.rank_scope = "where-allowed"``, a strategy that needs equal
+    ranks gets None (every client at the global rank)."""
+    from fedmllm.federated.algorithms import ALGORITHMS
     from fedmllm.federated.tuned import rank_scaling
 
     fed = cfg.federated
+    if strategy is not None and fed.rank_scope == "where-allowed" and \
+            not ALGORITHMS.get(strategy).heterogeneous_ranks:
+        return None
     global_rank, _ = rank_scaling(cfg)
     if fed.rank_profile:
         cycle = RANK_PROFILES[fed.rank_profile]
@@ -85,6 +92,18 @@ def check_heterogeneity(cfg: Config, initial_state=None) -> None:
         return
     allowed = [name for name in ALGORITHMS.names() if ALGORITHMS.get(name).heterogeneous_ranks]
     refuse = [s for s in fed.strategies if not ALGORITHMS.get(s).heterogeneous_ranks]
-    if refuse:
+    if refuse and fed.rank_scope == "all":
         raise UserError(f"strategy {refuse[0]!r} needs equal LoRA ranks, but federated.client_ranks mixes "
-                        f"{sorted(set(ranks))}; strategies that allow mixed ranks: {', '.join(allowed) or '(none)'}")
+                        f"{sorted(set(ranks))}; strategies that allow mixed ranks: {', '.join(allowed) or '(none)'} "
+                        "(or set federated.rank_scope = \"where-allowed\")")
+
+
+def client_columns(cfg: Config) -> dict[str, list]:
+    """Per-client columns for the partition table: LoRA rank and local steps where they vary."""
+    out: dict[str, list] = {}
+    ranks, steps = client_ranks(cfg), client_steps(cfg)
+    if ranks:
+        out["lora rank"] = ranks
+    if steps:
+        out["local steps"] = steps
+    return out

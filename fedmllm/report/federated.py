@@ -16,6 +16,15 @@ from fedmllm.report.plotting import plt_figure, save_figure
 from fedmllm.runs import atomic_write, read_events
 
 
+def _client_columns(run_dir: Path) -> dict:
+    """Each client's LoRA rank and budget where they vary (from the run's config.toml)."""
+    from fedmllm.config import load_config
+    from fedmllm.federated.heterogeneity import client_columns
+
+    path = run_dir / "config.toml"
+    return client_columns(load_config(path)) if path.is_file() else {}
+
+
 def _systems(run_dir: Path) -> list[dict]:
     order = {"pooled": 0, "local": 2}
     out = [json.loads(p.read_text()) for p in (run_dir / "systems").glob("*.json")]
@@ -194,7 +203,7 @@ def build_federated_report(run_dir: Path) -> Path:
     parts = [f"# Federated run — `{run_dir.name}`\n"]
     if (run_dir / "partition.json").is_file():
         part = Partition.from_json(json.loads((run_dir / "partition.json").read_text()))
-        parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(), "```\n"]
+        parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(_client_columns(run_dir)), "```\n"]
     if zero and systems:
         parts += ["## Federated vs pooled vs local\n",
                   "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "

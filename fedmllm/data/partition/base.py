@@ -81,13 +81,15 @@ class Partition:
             if held != list(range(self.pool_sizes[t])):
                 raise ValueError(f"partition of task {t!r} is not an exact cover of its pool")
 
-    def counts_table(self) -> str:
-        """A printable client x task table of sample counts with totals."""
-        names = [*self.tasks, "total"]
-        rows = [[str(c), *(str(n[t]) for t in self.tasks), str(s)]
+    def counts_table(self, extra: Mapping[str, Sequence[Any]] | None = None) -> str:
+        """A printable client x task table of sample counts with totals; ``extra`` adds a column
+        per entry (name -> one value per client, e.g. each client's LoRA rank and budget)."""
+        extra = dict(extra or {})
+        names = [*self.tasks, "total", *extra]
+        rows = [[str(c), *(str(n[t]) for t in self.tasks), str(s), *(str(v[c]) for v in extra.values())]
                 for c, (n, s) in enumerate(zip(self.counts(), self.sizes()))]
         rows.append(["total", *(str(sum(len(c[t]) for c in self.clients)) for t in self.tasks),
-                     str(sum(self.sizes()))])
+                     str(sum(self.sizes())), *("" for _ in extra)])
         header = ["client", *names]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         fmt = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731

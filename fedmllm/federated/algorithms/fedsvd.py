@@ -42,7 +42,7 @@ def fedsvd_refactor(b_bar: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.nd
     k = sv.shape[0]
     b_new = np.zeros((b.shape[0], r))
     b_new[:, :k] = u[:, :k] * sv
-    return b_new, (wt @ q.T)[::-1]
+    return b_new, wt @ q.T
 
 
 @register_algorithm
