@@ -68,7 +68,8 @@ class Instrument:
         if not replies:
             return {}
         states = [r.arrays[STATE] for r in replies]
-        if lora.layers(list(states[0])) and any(s[k].shape != global_before[k].shape for s in states for k in s):
+        if lora.layers(list(states[0]), strict=False) and \
+                any(s[k].shape != global_before[k].shape for s in states for k in s):
             rank = lora.rank_of({k: v for k, v in global_before.items() if not lora.is_residual(k)})
             states = [{k: v for k, v in lora.zero_pad(client_view(global_before, s), rank).items() if k in s}
                       for s in states]
@@ -77,7 +78,7 @@ class Instrument:
         if not same:
             return {}
         before = {k: global_before[k] for k in states[0]}
-        factors = [f for f in self.lora_factors if f[0] in before and f[1] in before]
+        factors = [f for f in self.lora_factors if f[0] in states[0] and f[1] in states[0]]
         report = drift_report(before, states, [r.num_examples for r in replies], factors)
         report["clients"] = [r.partition_id for r in replies]
         return report

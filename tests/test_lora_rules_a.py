@@ -46,7 +46,8 @@ def random_state(rng, dtype=np.float64, zero_b=False) -> dict:
     out = {}
     for prefix, (d_out, d_in) in LAYERS.items():
         out[akey(prefix)] = rng.normal(size=(RANK, d_in)).astype(dtype)
-        out[bkey(prefix)] = (np.zeros((d_out, RANK)) if zero_b else rng.normal(size=(d_out, RANK))).astype(dtype)
+        b = np.zeros((d_out, RANK)) if zero_b else rng.normal(size=(d_out, RANK))
+        out[bkey(prefix)] = b.astype(dtype)
     out[EXTRA] = rng.normal(size=(5,)).astype(dtype)
     return out
 
@@ -153,7 +154,8 @@ def test_rolora_alternates_and_each_round_is_exact(seed, dtype):
         new = algo.aggregate(rnd, x, replies)
         for p in LAYERS:
             assert np.array_equal(new[frozen_factor(p)], x[frozen_factor(p)])
-            np.testing.assert_allclose(new[trained_factor(p)], mean(trained, trained_factor(p)), rtol=tol, atol=tol)
+            np.testing.assert_allclose(new[trained_factor(p)], mean(trained, trained_factor(p)),
+                                       rtol=tol, atol=tol)
             err = rel(effective(new, p), target(trained, p))
             assert record(f"rolora {np.dtype(dtype).name}", err) < tol
         x = new
@@ -221,7 +223,8 @@ def test_fedsvd_refactors_b_bar_a_by_its_svd(seed, dtype):
             assert new[akey(p)].dtype == new[bkey(p)].dtype == dtype
             check_fedsvd_factors(new[bkey(p)], new[akey(p)], mean(trained, bkey(p)), x[akey(p)], "fedsvd")
             # the aggregate is exact: s B' A' = sum p_k s B_k A (A common in the round)
-            assert record("fedsvd s B'A' vs sum p_k s B_k A", rel(effective(new, p), target(trained, p))) < 1e-6
+            err = rel(effective(new, p), target(trained, p))
+            assert record("fedsvd s B'A' vs sum p_k s B_k A", err) < 1e-6
         np.testing.assert_allclose(new[EXTRA], mean(trained, EXTRA), rtol=1e-6)
         x = new
 
@@ -266,7 +269,8 @@ def test_flags_and_registration():
 ])
 def test_what_travels(name, down, up):
     x = random_state(np.random.default_rng(0))
-    kind = {k: ("A" if k.endswith("lora_A.weight") else "B" if k.endswith("lora_B.weight") else "x") for k in x}
+    kind = {k: "A" if k.endswith("lora_A.weight") else "B" if k.endswith("lora_B.weight") else "x"
+            for k in x}
     algo = build_algorithm(name)
     assert {kind[k] for k in algo.configure(1, 0, x).arrays[GLOBAL]} == down
     assert {kind[k] for k in algo.expected(1, 0, x)[STATE]} == up
@@ -398,7 +402,8 @@ def test_fedsvd_on_the_tiny_model(runtime):
         m = b_bar @ x[ak].astype(np.float64)
         assert record("fedsvd tiny B'A' = B_bar A", rel(new[bk].astype(np.float64) @ new[ak], m)) < 1e-6
         a_new = new[ak].astype(np.float64)
-        assert record("fedsvd tiny max|A'A'^T - I| (abs)", float(np.abs(a_new @ a_new.T - np.eye(a_new.shape[0])).max())) < 1e-6
+        ortho = float(np.abs(a_new @ a_new.T - np.eye(a_new.shape[0])).max())
+        assert record("fedsvd tiny max|A'A'^T - I| (abs)", ortho) < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,13 @@ TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "dat
         "data.upstream_n=4", "train.batch_size=4", "federated.num_clients=2", "federated.rounds=3",
         "federated.local_steps=2", "federated.upstream_n=2", "federated.upstream_every=2",
         "federated.save_every=2", "federated.backend=inprocess", "federated.baseline_checkpoint_every=2",
-        'federated.strategies=["fedavg", "fedadam", "scaffold"]', 'federated.baselines=["pooled", "local"]',
+        'federated.strategies=["fedavg", "fedadam", "scaffold", "fedsa_lora"]', 'federated.baselines=["pooled", "local"]',
         "strategy_options.scaffold.control=option2"]
-# In run order: pooled (12 steps), fedavg, fedadam, scaffold (3 rounds each), local (2 x 6 steps).
+# In run order: pooled (12 steps), fedavg, fedadam, scaffold, fedsa_lora (3 rounds each; SCAFFOLD's
+# c_i and FedSA-LoRA's B live in the client store), local (2 x 6 steps).
 KILL_POINTS = ["pooled/4", "fedavg/2/train", "fedadam/2/aggregate", "fedadam/done",
-               "scaffold/1/evaluate", "scaffold/3/checkpoint", "local-1/2"]
+               "scaffold/1/evaluate", "scaffold/3/checkpoint", "fedsa_lora/2/train",
+               "fedsa_lora/3/evaluate", "local-1/2"]
 TIMING = {"seconds", "end_time", "wall_seconds"}
 
 
@@ -86,7 +88,9 @@ def test_killed_everywhere_and_resumed_equals_uninterrupted(tmp_path):
         strip(json.loads((ref / "results.json").read_text()))
     mine, theirs = events(run), events(ref)
     rounds = [(e["system"], e["round"]) for e in mine if e["event"] == "round"]
-    assert rounds == [(s, r) for s in ("fedavg", "fedadam", "scaffold") for r in (1, 2, 3)]  # no repeats
+    assert rounds == [(s, r) for s in ("fedavg", "fedadam", "scaffold", "fedsa_lora") for r in (1, 2, 3)]
+    assert [e["event"] for e in mine].count("personalized_eval") == 12  # each client's own model
+    assert any(k.startswith("clients/fedsa_lora/") for k in state_files(run))  # every client's B
     assert mine == theirs
     a, b = state_files(run), state_files(ref)
     assert set(a) == set(b) and len(a) >= 9

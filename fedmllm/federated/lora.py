@@ -18,15 +18,18 @@ A_SUFFIX, B_SUFFIX = "lora_A.weight", "lora_B.weight"
 RESIDUAL_SUFFIX = "lora_residual"  # R of the layer: an update merged into its base weight
 
 
-def layers(keys: Sequence[str]) -> list[str]:
-    """The layer prefixes (``"...q_proj."``) of every LoRA A key whose B twin is present."""
+def layers(keys: Sequence[str], strict: bool = True) -> list[str]:
+    """The layer prefixes (``"...q_proj."``) of every LoRA A key whose B twin is present; an A
+    without its B raises unless ``strict`` is False (partial states: FFA-LoRA, FedSA-LoRA uploads)."""
     present = set(keys)
     out = []
     for key in keys:
         if key.endswith("." + A_SUFFIX):
             prefix = key[: -len(A_SUFFIX)]
             if prefix + B_SUFFIX not in present:
-                raise ValueError(f"LoRA factor {key!r} has no matching {prefix + B_SUFFIX!r}")
+                if strict:
+                    raise ValueError(f"LoRA factor {key!r} has no matching {prefix + B_SUFFIX!r}")
+                continue
             out.append(prefix)
     return out
 

@@ -47,7 +47,9 @@ class TunedModels:
 
     def __init__(self, cfg: Config, bundle, *, share_base: bool = False):
         """``share_base``: the first model may use ``bundle.model`` itself (a process that owns
-        the bundle, e.g. a Ray actor); otherwise every model is a deep copy."""
+        the bundle, e.g. a Ray actor, built as ``build_model(cfg.model.name, pretrained=
+        cfg.model.pretrained, seed=cfg.seed)``); the method is applied to it in place, so models of
+        other ranks start from a base built again the same way. Otherwise every model is a deep copy."""
         self.cfg, self.bundle, self._share = cfg, bundle, share_base
         self.global_rank, self.scaling = rank_scaling(cfg)
         self._models: dict[Optional[int], Tuned] = {}
@@ -61,7 +63,14 @@ class TunedModels:
             options, _ = method_options(self.cfg, self.cfg.federated.method)
             if rank is not None:  # keep the update's scale: alpha_k / r_k = alpha / r_g
                 options = {**options, "r": int(rank), "alpha": float(self.scaling) * int(rank)}
-            base = self.bundle.model if (self._share and not self._models) else copy.deepcopy(self.bundle.model)
+            if self._share and not self._models:
+                base = self.bundle.model
+            elif self._share:  # bundle.model is the first rank's tuned model now: a fresh, equal base
+                from fedmllm.models import build_model
+
+                base = build_model(self.cfg.model.name, pretrained=self.cfg.model.pretrained, seed=self.cfg.seed).model
+            else:
+                base = copy.deepcopy(self.bundle.model)
             model, method, _ = apply_method(base, self.cfg.federated.method, options, seed=self.cfg.seed)
             self._models[rank] = Tuned(model, method, as_arrays(method.get_state(model)))
         return self._models[rank]
