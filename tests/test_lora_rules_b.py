@@ -147,11 +147,11 @@ def test_flora_round_merges_the_exact_update_and_reinitializes_lora():
     assert info == {"stacked_downlink_bytes": stacked, "stacked_rank": sum(RANKS)}
 
 
-def test_residual_rules_need_the_lora_scaling():
-    algo = build_algorithm("flora")
-    x = algo.init(global_state())
+@pytest.mark.parametrize("name", ["flora", "fedex_lora"])
+def test_residual_rules_need_the_lora_scaling(name):
     with pytest.raises(ValueError, match="LoRA scaling"):
-        algo.aggregate(1, x, replies(client_states([R_G] * 3)))
+        build_algorithm(name).init(global_state())  # before any client trains
+    assert build_algorithm(name).init({"w": np.zeros(3)}) is None  # no LoRA layers: nothing to add
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +316,78 @@ def test_hetlora_self_pruning_shrinks_the_rank_consistently():
 
 
 # ---------------------------------------------------------------------------------------------
-# (5) end to end on the tiny model: clients of ranks 4 and 8, global r = 8
+# (5) our round loop: residuals, ranks and pruned ranks through checkpoints and a resume
+
+class Crash(Exception):
+    pass
+
+
+class FakeLoraClients:
+    """The loop's transport in memory: each client strips the residuals (as the client runtime
+    does), moves every received array by seeded noise and, under HetLoRA, shrinks client 1's last
+    rank (so it self-prunes every round) and grows the others'; ``crash_in_round``: the server
+    dies after that round's training."""
+
+    def __init__(self, crash_in_round=None):
+        self.crash_in_round, self.payloads = crash_in_round, {}
+
+    def exchange(self, server_round, payloads):
+        from fedmllm.federated.rounds import RawReply
+
+        raw = {}
+        for pid, payload in payloads.items():
+            self.payloads[(server_round, pid)] = payload
+            rng = np.random.default_rng([server_round, pid])
+            got = {k: v for k, v in payload.arrays[GLOBAL].items() if not lora.is_residual(k)}
+            out = {k: (v + 0.1 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in got.items()}
+            if payload.config[P.ALGORITHM] == "hetlora":  # client 1's tail shrinks, the others' grow
+                for k in out:
+                    if k.endswith("lora_A.weight"):
+                        out[k][-1:] *= 0.01 if pid == 1 else 3.0
+            raw[pid] = RawReply({STATE: out}, {P.NUM_EXAMPLES: COUNTS[pid], P.TRAIN_LOSS: 1.0,
+                                               P.PARTITION_ID: pid})
+        if server_round == self.crash_in_round:
+            raise Crash(server_round)
+        return raw, {}
+
+
+def run_loop(name, root, options=None, crash_in_round=None):
+    from fedmllm.federated.checkpoint import CheckpointStore
+    from fedmllm.federated.rounds import LoopSettings, RoundLoop
+
+    algo = build_algorithm(name, options or {}, num_clients=len(COUNTS))
+    clients = FakeLoraClients(crash_in_round)
+    settings = LoopSettings(system="sys", rounds=3, num_clients=len(COUNTS), clients_per_round=0, seed=1,
+                            local_steps=1, base_lr=0.1, client_ranks=None if name == "fedex_lora" else RANKS,
+                            lora_scaling=S)
+    loop = RoundLoop(algo, clients, settings, log=lambda e: None, metrics_size=lambda: 0,
+                     checkpoints=CheckpointStore(root))
+    return loop.run(global_state()), algo, clients
+
+
+@pytest.mark.parametrize("name, options", [("flora", {}), ("fedex_lora", {}), ("flexlora", {}),
+                                           ("hetlora", {"self_prune": True, "prune_decay": 0.8})])
+def test_round_loop_resumes_bit_identically(name, options, tmp_path):
+    final, algo, clients = run_loop(name, tmp_path / "ref", options)
+    assert algo.lora_scaling == S and all(np.isfinite(v).all() for v in final.values())
+    assert (lora.residual_key("m.l0.q_proj.") in final) == (name in ("flora", "fedex_lora"))
+    if name == "hetlora":  # client 1 (rank 5) pruned to 4 in round 1, to 3 in round 2, to 2 in round 3
+        assert algo.pruned == {1: 2}
+        assert clients.payloads[(2, 1)].config[P.LORA_RANK] == 4  # the algorithm's rank wins
+        assert clients.payloads[(3, 1)].arrays[GLOBAL]["m.l0.q_proj.lora_A.weight"].shape == (3, 10)
+        assert clients.payloads[(3, 0)].config[P.LORA_RANK] == 2  # the others keep theirs
+    elif name != "fedex_lora":
+        assert clients.payloads[(2, 0)].config[P.LORA_RANK] == 2
+    with pytest.raises(Crash):
+        run_loop(name, tmp_path / "resumed", options, crash_in_round=2)
+    resumed, algo2, _ = run_loop(name, tmp_path / "resumed", options)
+    assert list(resumed) == list(final)
+    assert all(np.array_equal(resumed[k], final[k]) for k in final)
+    assert algo2.state_dict() == algo.state_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# (6) end to end on the tiny model: clients of ranks 4 and 8, global r = 8
 
 TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "data.test_n=4",
         "data.upstream_n=4", "train.batch_size=4", "federated.num_clients=2", "federated.rounds=2",

@@ -62,10 +62,12 @@ def loop_settings(cfg: Config, system: str, run_path: Path) -> LoopSettings:
     """The round loop settings of strategy ``system``: rounds, sampling, round lr, failure budget,
     and the config values every train message carries (experiment id, run dir, client store)."""
     from fedmllm.federated.heterogeneity import client_ranks, client_steps
+    from fedmllm.federated.tuned import rank_scaling
 
     fed = cfg.federated
     _, lr = method_options(cfg, fed.method)
     return LoopSettings(
+        lora_scaling=rank_scaling(cfg)[1],
         system=system, rounds=fed.rounds, num_clients=fed.num_clients,
         clients_per_round=fed.clients_per_round, seed=cfg.seed, local_steps=fed.local_steps,
         base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,

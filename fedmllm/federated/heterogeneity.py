@@ -103,7 +103,7 @@ def client_columns(cfg: Config) -> dict[str, list]:
     out: dict[str, list] = {}
     ranks, steps = client_ranks(cfg), client_steps(cfg)
     if ranks:
-        out["lora rank"] = ranks
+        out["lora rank" if cfg.federated.rank_scope == "all" else "lora rank (mixed-rank rules)"] = ranks
     if steps:
         out["local steps"] = steps
     return out

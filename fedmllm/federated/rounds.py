@@ -167,7 +167,7 @@ class RoundLoop:
         self.totals["bytes_down"] += down
         self.log({"event": "round", "system": s.system, "round": server_round, "clients": len(replies),
                   "failed": len(failures), "seconds": time.perf_counter() - t0, "end_time": time.time(),
-                  "bytes_down": down, "bytes_up": up, **extra})
+                  "bytes_down": down, "bytes_up": up, **self.algo.round_info(), **extra})
         if self.evaluate is not None:
             self.evaluate(server_round, new_state)
         crash_point(s.system, server_round, "evaluate")

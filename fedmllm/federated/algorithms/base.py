@@ -178,6 +178,11 @@ class Algorithm:
         return merge(global_state, weighted_average([r.arrays[STATE] for r in replies],
                                                     [r.num_examples for r in replies]))
 
+    def round_info(self) -> dict[str, Any]:
+        """Extra JSON-able facts of the last aggregation for the round event (e.g. FLoRA's
+        stacked downlink size); default none."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Server state to checkpoint: ``{"arrays": Groups, "values": JSON-able dict}``."""
         return {"arrays": {}, "values": {}}

@@ -8,12 +8,12 @@ p_k = n_k / sum_j n_j,
     A = [p_1 A_1; p_2 A_2; ...; p_K A_K]  (sum_k r_k x d_in)
     =>  B A = sum_k p_k B_k A_k           (exactly: no cross terms B_i A_j)
 
-(the paper scales the A blocks by p_k; stacking at any rank r_k is why ranks may differ). The
-stacked update s B A is merged into the frozen base weight every round (Sec. 3.2: each client
-"adds the stacked LoRA modules to its local model weights") and every client re-initializes its
-LoRA modules for the next round. Here the merged updates accumulate in the layer's residual R
-(``<layer>lora_residual`` in the global state; the runtimes set W = W0 + R,
-`fedmllm.federated.tuned`):
+(the paper scales the A blocks by p_k; stacking at any rank r_k is why ranks may differ). In
+the paper every client adds the stacked update s B A to its local copy of the base weights each
+round and re-initializes its LoRA modules for the next round (here the server draws the fresh A,
+one per layer, so a run is reproducible and a client of rank r_k takes its first r_k rows). The
+merged updates accumulate in the layer's residual R (``<layer>lora_residual`` in the global
+state; the runtimes set W = W0 + R, `fedmllm.federated.tuned`):
 
     R_{t+1} = R_t + s B A,    B_{t+1} = 0,    A_{t+1} = fresh init (seeded by round and layer)
 
@@ -98,7 +98,8 @@ def lora_layers(state: Arrays) -> list[str]:
 class LoraAlgorithm(Algorithm):
     """Shared server half of the LoRA aggregation rules.
 
-    - `init` adds a zero residual per layer when ``uses_residuals`` (FLoRA, FedEx-LoRA).
+    - `init` adds a zero residual per layer when ``uses_residuals`` (FLoRA, FedEx-LoRA; these
+      need the LoRA scaling s, `set_lora_scaling`, and refuse to start without it).
     - `configure` sends the whole global state (residuals included: the client runtime merges
       them into its base weights and strips them before the client half sees the payload), the
       LoRA factors truncated to the client's rank r_k (`lora.truncate`, HetLoRA / FlexLoRA's
@@ -127,6 +128,7 @@ class LoraAlgorithm(Algorithm):
         prefixes = lora_layers(global_state)
         if not prefixes:
             return None
+        self.scaling()  # residuals are in weight units (s B A): fail before any client trains
         out = dict(global_state)
         for p in prefixes:
             key = lora.residual_key(p)
