@@ -156,3 +156,27 @@ def test_robust_rules_need_enough_clients_before_any_compute(name, options, need
     cfg = load_config(None, [*TINY, f'federated.strategies=["{name}"]', f"strategy_options.{name}={{{table}}}"])
     with pytest.raises(UserError, match=f"needs at least {needed} clients per round"):
         check_federated(cfg)
+
+
+@pytest.mark.slow
+def test_exact_lora_rules_remove_the_aggregation_error_in_the_same_run(tmp_path):
+    """One in-process run: the relative LoRA aggregation error is ~0 every round for the exact
+    rules and > 0 for FedIT; personalized scores are reported for every system."""
+    from simulations.federated import run_federated
+
+    cfg = load_config(None, [*TINY, "federated.rounds=2", "federated.backend=inprocess",
+                             'federated.strategies=["fedit", "ffa_lora", "fedex_lora", "flora", "rolora", "fedsvd"]'])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    errors = {}
+    for e in events:
+        if e["event"] == "round":
+            errors.setdefault(e["system"], []).append(e["lora_aggregation_error_rel"])
+    assert all(len(v) == 2 for v in errors.values()) and set(errors) == set(cfg.federated.strategies)
+    assert min(errors["fedit"]) > 1e-3
+    for exact in ("ffa_lora", "fedex_lora", "flora", "rolora", "fedsvd"):
+        assert max(errors[exact]) <= 1e-6, (exact, errors[exact])
+    personal = [e for e in events if e["event"] == "personalized_eval"]
+    assert len(personal) == 2 * 6 and all(set(p["clients"]) == {"0", "1"} for p in personal)
+    results = json.loads((run / "results.json").read_text())
+    assert all("personalized" in s for s in results["systems"])

@@ -112,3 +112,22 @@ def test_ray_run_samples_by_seed_and_completes_despite_a_failing_client(tmp_path
     assert [e["client"] for e in events if e["event"] == "client_train"] == [0, 0]
     assert [s["system"] for s in json.loads((run / "results.json").read_text())["systems"]] == ["fedavg"]
     assert (run / "adapters" / "fedavg" / "round-002" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ray_run_with_heterogeneous_ranks(tmp_path):
+    """flora, flexlora and hetlora with clients of LoRA rank 4 and 8 on Ray: every round
+    aggregates both clients, replies carry each client's rank, adapters load in peft."""
+    cfg = load_config(None, [*TINY, 'federated.strategies=["flora", "flexlora", "hetlora"]',
+                             "federated.baselines=[]", "federated.client_ranks=[4, 8]"])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    events = events_of(run)
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [(e["system"], e["clients"], e["failed"]) for e in rounds] == [
+        (s, 2, 0) for s in ("flora", "flexlora", "hetlora") for _ in (1, 2)]
+    ups = {(e["system"], e["client"]): e["bytes_out"] for e in events if e["event"] == "client_train"}
+    for system in ("flora", "flexlora", "hetlora"):
+        assert ups[(system, 1)] > 1.8 * ups[(system, 0)]  # rank 8 uploads about twice rank 4
+        load_adapter(run / "adapters" / system / "round-002")
+    flora = [e for e in rounds if e["system"] == "flora"]
+    assert all(e["lora_aggregation_error_rel"] <= 1e-6 for e in flora)  # exact with mixed ranks

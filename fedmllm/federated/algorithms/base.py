@@ -122,9 +122,13 @@ class Algorithm:
             self.validate()
         except ValueError as e:
             raise UserError(f"strategy {self.name!r}: {e}") from None
+        self.reset()
 
     def validate(self) -> None:
         """Range checks of ``self.options`` (raise ValueError)."""
+
+    def reset(self) -> None:
+        """Allocate empty server state (moments, controls); `init` fills it before round 1."""
 
     def set_client_ranks(self, ranks: Optional[Sequence[int]]) -> None:
         """Per-client LoRA ranks r_k (None: every client has the global adapter's rank)."""

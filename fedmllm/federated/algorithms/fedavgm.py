@@ -27,6 +27,8 @@ class FedAvgM(Algorithm):
         if lr <= 0 or not 0.0 <= beta < 1.0:
             raise ValueError("need server_learning_rate > 0 and 0 <= server_momentum < 1, got "
                              f"{lr}, {beta}")
+
+    def reset(self) -> None:
         self.momentum: Optional[NDState] = None
 
     def aggregate(self, server_round, global_state, replies):

@@ -31,6 +31,8 @@ class ReddiFedOpt(Algorithm):
                              f"tau={o['tau']}, beta_1={o['beta_1']}, beta_2={o['beta_2']}")
         if o["v_init"] is not None and o["v_init"] < 0:
             raise ValueError(f"v_init must be >= 0, got {o['v_init']}")
+
+    def reset(self) -> None:
         self.m: Optional[NDState] = None
         self.v: Optional[NDState] = None
 

@@ -183,7 +183,7 @@ class FLoRA(LoraAlgorithm):
     heterogeneous_ranks = True
     uses_residuals = True
 
-    def validate(self):
+    def reset(self):
         self._info: dict = {}
 
     def aggregate_lora(self, server_round, global_state, states, weights, prefixes):

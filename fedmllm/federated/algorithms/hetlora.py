@@ -166,6 +166,8 @@ class HetLoRA(LoraAlgorithm):
             raise ValueError(f"prune_lambda must be >= 0, got {o['prune_lambda']}")
         if o["prune_min_rank"] < 1:
             raise ValueError(f"prune_min_rank must be >= 1, got {o['prune_min_rank']}")
+
+    def reset(self):
         self.pruned: dict[int, int] = {}  # client -> its self-pruned rank
 
     # -- server half ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class Scaffold(Algorithm):
         n = o["num_clients"]
         if n is not None and (int(n) != n or n < 1):
             raise ValueError(f"num_clients must be a positive integer, got {n}")
+
+    def reset(self) -> None:
         self.c_global: dict[str, np.ndarray] = {}
 
     def resolved_options(self):
