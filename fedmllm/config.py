@@ -97,6 +97,10 @@ class FederatedConfig:
     backend: str = _f("ray", "simulation engine: ray (Flower's Ray backend) | inprocess (the same apps "
                       "and Flower messages in this process, no Ray: debugging, small runs)",
                       choices=("ray", "inprocess"))
+    baseline_schedule: str = _f("rounds", "pooled/local training schedule: rounds (as the clients: per round "
+                                "a fresh optimizer at the round's constant lr and the clients' seeds, so "
+                                "pooled = one-client FedAvg on the union) | single (one run of all steps "
+                                "with train.warmup_ratio and cosine decay)", choices=("rounds", "single"))
     baseline_checkpoint_every: int = _f(50, "pooled/local baselines: save a resumable loop checkpoint "
                                         "every n steps (0 = off)")
     instrument: bool = _f(True, "measure per-client metrics and drift every round (off: only aggregates)")

@@ -180,3 +180,24 @@ def test_exact_lora_rules_remove_the_aggregation_error_in_the_same_run(tmp_path)
     assert len(personal) == 2 * 6 and all(set(p["clients"]) == {"0", "1"} for p in personal)
     results = json.loads((run / "results.json").read_text())
     assert all("personalized" in s for s in results["systems"])
+
+
+def test_pooled_is_one_client_fedavg_when_the_union_is_one_client(tmp_path):
+    """The pooled baseline trains with the clients' schedule, per-step semantics and seeds: with
+    one client holding everything, pooled and FedAvg end in the same adapter, bit for bit."""
+    from safetensors.numpy import load_file
+
+    from simulations.federated import run_federated
+
+    cfg = load_config(None, [*TINY, "federated.num_clients=1", "federated.backend=inprocess",
+                             'federated.strategies=["fedavg"]', 'federated.baselines=["pooled", "local"]',
+                             "federated.eval_personalized=false"])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    states = {s: load_file(str(run / "adapters" / s / "round-002" / "adapter_model.safetensors"))
+              for s in ("pooled", "fedavg")}
+    assert set(states["pooled"]) == set(states["fedavg"])
+    assert all(np.array_equal(states["pooled"][k], states["fedavg"][k]) for k in states["pooled"])
+    assert any(np.abs(v).max() > 0 for k, v in states["fedavg"].items() if "lora_B" in k)  # it trained
+    systems = {s: json.loads((run / "systems" / f"{s}.json").read_text()) for s in ("fedavg", "local")}
+    assert systems["local"]["downstream"] == systems["fedavg"]["downstream"]  # local = its own FedAvg
+    assert systems["local"]["upstream"] == systems["fedavg"]["upstream"]

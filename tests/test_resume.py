@@ -23,14 +23,14 @@ import pytest
 TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "data.test_n=4",
         "data.upstream_n=4", "train.batch_size=4", "federated.num_clients=2", "federated.rounds=3",
         "federated.local_steps=2", "federated.upstream_n=2", "federated.upstream_every=2",
-        "federated.save_every=2", "federated.backend=inprocess", "federated.baseline_checkpoint_every=2",
+        "federated.save_every=2", "federated.backend=inprocess", "federated.baseline_checkpoint_every=1",
         'federated.strategies=["fedavg", "fedadam", "scaffold", "fedsa_lora"]', 'federated.baselines=["pooled", "local"]',
         "strategy_options.scaffold.control=option2"]
-# In run order: pooled (12 steps), fedavg, fedadam, scaffold, fedsa_lora (3 rounds each; SCAFFOLD's
-# c_i and FedSA-LoRA's B live in the client store), local (2 x 6 steps).
-KILL_POINTS = ["pooled/4", "fedavg/2/train", "fedadam/2/aggregate", "fedadam/done",
+# In run order: pooled (3 rounds x 4 steps), fedavg, fedadam, scaffold, fedsa_lora (3 rounds each; SCAFFOLD's
+# c_i and FedSA-LoRA's B live in the client store), local (2 clients x 3 rounds x 2 steps).
+KILL_POINTS = ["pooled/3", "pooled/segment/2", "fedavg/2/train", "fedadam/2/aggregate", "fedadam/done",
                "scaffold/1/evaluate", "scaffold/3/checkpoint", "fedsa_lora/2/train",
-               "fedsa_lora/3/evaluate", "local-1/2"]
+               "fedsa_lora/3/evaluate", "local-1/1"]
 TIMING = {"seconds", "end_time", "wall_seconds"}
 
 

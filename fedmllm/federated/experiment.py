@@ -288,29 +288,72 @@ class FederatedExperiment:
         return summarize(per_client)
 
     # --- baselines' training -------------------------------------------------------------------
-    def train_from_initial(self, samples: list, steps: int, seed: int, name: str,
-                           rank: Optional[int] = None) -> Arrays:
-        """Centralized training of the method (at LoRA ``rank``; None: the global one) from its
-        initial state, resumable every ``federated.baseline_checkpoint_every`` steps
-        (``checkpoints/<name>.pt``)."""
+    def train_baseline(self, samples: list, name: str, steps_per_round: int, seed_client: int,
+                       rank: Optional[int] = None) -> Arrays:
+        """Train a baseline (pooled or local) from the method's initial state at LoRA ``rank``.
+
+        ``federated.baseline_schedule = "rounds"`` (default): ``rounds`` segments of
+        ``steps_per_round`` steps, each a fresh optimizer at the round's constant learning rate
+        with the seed client ``seed_client`` would use in that round: the clients' schedule and
+        per-step semantics, so a pooled model differs from FedAvg's only by the data it sees
+        (one client holding the union is FedAvg exactly). ``"single"``: one run of all the steps
+        with warm-up + cosine (``train``). Resumable between segments and, every
+        ``federated.baseline_checkpoint_every`` steps, within one (``checkpoints/<name>*``)."""
         from fedmllm.federated.algorithms.base import as_arrays
         from fedmllm.training.loop import LoopCheckpoint, loop_config, train_local
 
         fed = self.cfg.federated
         rt = self.clients.models.get(rank)
         self.clients.models.set_residuals(rt, {})
-        rt.method.set_state(rt.model, _tensors(rt.initial if rank is not None else self.server.initial_state()))
         _, lr = method_options(self.cfg, fed.method)
+        folder = self.run.path / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
         every = fed.baseline_checkpoint_every
-        ckpt = LoopCheckpoint(self.run.path / "checkpoints" / f"{name}.pt", every) if every else None
-        if ckpt is not None:
-            ckpt.path.parent.mkdir(parents=True, exist_ok=True)
-        train_local(rt.model, samples, self.clients.collate, loop_config(self.cfg.train, lr=lr, steps=steps),
-                    seed=seed, checkpoint=ckpt)
-        state = as_arrays(rt.method.get_state(rt.model))
-        if ckpt is not None:
-            ckpt.path.unlink(missing_ok=True)  # the caller records the result durably next
+        ckpt = LoopCheckpoint(folder / f"{name}.pt", every) if every else None
+        if fed.baseline_schedule == "single":
+            parts = ("pooled",) if name == "pooled" else ("local", seed_client)  # the seeds it always had
+            segments = [(1, fed.rounds * steps_per_round, lr, derive_seed(self.cfg.seed, *parts),
+                         loop_config(self.cfg.train, lr=lr, steps=fed.rounds * steps_per_round))]
+        else:
+            segments = [(r, steps_per_round, lr * fed.lr_decay ** (r - 1),
+                         derive_seed(self.cfg.seed, "client", r, seed_client), None) for r in range(1, fed.rounds + 1)]
+        state, first = _load_segment(folder / f"{name}.segment.safetensors", rt.initial)
+        for r, steps, round_lr, seed, loop in segments:
+            if r < first:
+                continue
+            rt.method.set_state(rt.model, _tensors(state))
+            loop = loop or loop_config(self.cfg.train, lr=round_lr, steps=steps, warmup_ratio=0.0, schedule="constant")
+            train_local(rt.model, samples, self.clients.collate, loop, seed=seed, checkpoint=ckpt)
+            state = as_arrays(rt.method.get_state(rt.model))
+            _save_segment(folder / f"{name}.segment.safetensors", state, r + 1)
+            if ckpt is not None:
+                ckpt.path.unlink(missing_ok=True)
+            crash_point(name, "segment", r)
+        (folder / f"{name}.segment.safetensors").unlink(missing_ok=True)  # the caller records it next
         return state
+
+
+def _save_segment(path: Path, state: Arrays, next_round: int) -> None:
+    """A baseline's state after a segment (atomic), with the round to continue from."""
+    import os
+
+    from safetensors.numpy import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: contiguous(v) for k, v in state.items()}, str(tmp),
+              metadata={"next_round": str(next_round), "order": json.dumps(list(state))})
+    os.replace(tmp, path)
+
+
+def _load_segment(path: Path, initial: Arrays) -> tuple[Arrays, int]:
+    """(state, the first round still to train): the last finished segment, or the initial state."""
+    if not path.is_file():
+        return dict(initial), 1
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+        return {k: f.get_tensor(k) for k in json.loads(meta["order"])}, int(meta["next_round"])
 
 
 def pooled_divergence(state: Arrays, pooled: Arrays, scaling: Optional[float]) -> dict:
@@ -338,20 +381,22 @@ def _tensors(state: Arrays) -> dict:
 
 
 def run_pooled(exp: FederatedExperiment) -> dict:
-    """Centralized training on the union of the clients' data, same total steps."""
+    """Centralized training on the union of the clients' data: per round as many steps as the
+    round's clients take together (`FederatedExperiment.train_baseline` for the schedule)."""
     from fedmllm.federated.heterogeneity import client_steps
 
     fed = exp.cfg.federated
     per_round = fed.clients_per_round or fed.num_clients
     budgets = client_steps(exp.cfg)  # per-client budgets: the same expected total of steps
-    steps = fed.rounds * (round(sum(budgets) * per_round / fed.num_clients) if budgets else per_round * fed.local_steps)
+    round_steps = round(sum(budgets) * per_round / fed.num_clients) if budgets else per_round * fed.local_steps
+    steps = fed.rounds * round_steps
     samples = [s for pid in range(len(exp.partition.clients)) for s in exp.clients.client_samples(pid)]
     t0 = time.perf_counter()
     state = exp.pooled_state  # trained by a killed attempt that did not finish evaluating
     if state is None:
         from safetensors.numpy import save_file
 
-        state = exp.train_from_initial(samples, steps, derive_seed(exp.cfg.seed, "pooled"), "pooled")
+        state = exp.train_baseline(samples, "pooled", round_steps, seed_client=0)
         path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: contiguous(v) for k, v in state.items()}, str(path))
@@ -381,8 +426,8 @@ def run_local(exp: FederatedExperiment) -> dict:
         if not samples:
             continue
         budget = budgets[pid] if budgets else fed.local_steps
-        state = exp.train_from_initial(samples, fed.rounds * budget, derive_seed(exp.cfg.seed, "local", pid),
-                                       f"local-{pid}", rank=ranks[pid] if ranks else None)
+        state = exp.train_baseline(samples, f"local-{pid}", budget, seed_client=pid,
+                                   rank=ranks[pid] if ranks else None)
         scores = exp.server.evaluate(state, upstream="full")
         if exp.test_partition is not None:  # its own model on its own test split
             from fedmllm.federated.personal import score_on_splits
