@@ -7,7 +7,7 @@ def catalog() -> dict[str, list[str]]:
     from fedmllm.data.partition import PARTITIONERS
     from fedmllm.data.registry import TASKS
     from fedmllm.federated.algorithms import ALGORITHMS
-    from fedmllm.federated.experiment import BASELINES
+    from fedmllm.federated.baselines import BASELINES
     from fedmllm.methods import METHODS
     from fedmllm.metrics import METRICS
     from fedmllm.models import MODELS

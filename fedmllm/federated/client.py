@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from fedmllm.config import Config, method_options
 from fedmllm.experiment import derive_seed

@@ -11,7 +11,6 @@ baselines run in this process. E and F come from `fedmllm.metrics.efo` (`results
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,11 +18,12 @@ import numpy as np
 
 from fedmllm.config import Config, dumps, method_options
 from fedmllm.errors import UserError
-from fedmllm.experiment import ExperimentData, derive_seed
+from fedmllm.experiment import ExperimentData
 from fedmllm.faults import crash_point
 from fedmllm.federated import protocol as P
 from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import build_algorithm
+from fedmllm.federated.baselines import BASELINES
 from fedmllm.federated.algorithms.base import Arrays
 from fedmllm.federated.checkpoint import CheckpointStore, Progress
 from fedmllm.federated.client import ClientRuntime, config_key
@@ -32,11 +32,8 @@ from fedmllm.federated.lora import is_residual
 from fedmllm.federated.results import system_result
 from fedmllm.federated.rounds import LoopSettings, Observer, RoundLoop, Transport
 from fedmllm.federated.runtime import ServerRuntime, build_partition
-from fedmllm.registry import Registry
 from fedmllm.runs import RunDir, write_json
 
-# name -> run(experiment) -> result dict; strategies are every registered algorithm.
-BASELINES: Registry[Callable[["FederatedExperiment"], dict]] = Registry("baseline")
 
 
 def resolve_strategy_options(cfg: Config) -> Config:
@@ -288,72 +285,6 @@ class FederatedExperiment:
         return summarize(per_client)
 
     # --- baselines' training -------------------------------------------------------------------
-    def train_baseline(self, samples: list, name: str, steps_per_round: int, seed_client: int,
-                       rank: Optional[int] = None) -> Arrays:
-        """Train a baseline (pooled or local) from the method's initial state at LoRA ``rank``.
-
-        ``federated.baseline_schedule = "rounds"`` (default): ``rounds`` segments of
-        ``steps_per_round`` steps, each a fresh optimizer at the round's constant learning rate
-        with the seed client ``seed_client`` would use in that round: the clients' schedule and
-        per-step semantics, so a pooled model differs from FedAvg's only by the data it sees
-        (one client holding the union is FedAvg exactly). ``"single"``: one run of all the steps
-        with warm-up + cosine (``train``). Resumable between segments and, every
-        ``federated.baseline_checkpoint_every`` steps, within one (``checkpoints/<name>*``)."""
-        from fedmllm.federated.algorithms.base import as_arrays
-        from fedmllm.training.loop import LoopCheckpoint, loop_config, train_local
-
-        fed = self.cfg.federated
-        rt = self.clients.models.get(rank)
-        self.clients.models.set_residuals(rt, {})
-        _, lr = method_options(self.cfg, fed.method)
-        folder = self.run.path / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        every = fed.baseline_checkpoint_every
-        ckpt = LoopCheckpoint(folder / f"{name}.pt", every) if every else None
-        if fed.baseline_schedule == "single":
-            parts = ("pooled",) if name == "pooled" else ("local", seed_client)  # the seeds it always had
-            segments = [(1, fed.rounds * steps_per_round, lr, derive_seed(self.cfg.seed, *parts),
-                         loop_config(self.cfg.train, lr=lr, steps=fed.rounds * steps_per_round))]
-        else:
-            segments = [(r, steps_per_round, lr * fed.lr_decay ** (r - 1),
-                         derive_seed(self.cfg.seed, "client", r, seed_client), None) for r in range(1, fed.rounds + 1)]
-        state, first = _load_segment(folder / f"{name}.segment.safetensors", rt.initial)
-        for r, steps, round_lr, seed, loop in segments:
-            if r < first:
-                continue
-            rt.method.set_state(rt.model, _tensors(state))
-            loop = loop or loop_config(self.cfg.train, lr=round_lr, steps=steps, warmup_ratio=0.0, schedule="constant")
-            train_local(rt.model, samples, self.clients.collate, loop, seed=seed, checkpoint=ckpt)
-            state = as_arrays(rt.method.get_state(rt.model))
-            _save_segment(folder / f"{name}.segment.safetensors", state, r + 1)
-            if ckpt is not None:
-                ckpt.path.unlink(missing_ok=True)
-            crash_point(name, "segment", r)
-        (folder / f"{name}.segment.safetensors").unlink(missing_ok=True)  # the caller records it next
-        return state
-
-
-def _save_segment(path: Path, state: Arrays, next_round: int) -> None:
-    """A baseline's state after a segment (atomic), with the round to continue from."""
-    import os
-
-    from safetensors.numpy import save_file
-
-    tmp = path.with_suffix(".tmp")
-    save_file({k: contiguous(v) for k, v in state.items()}, str(tmp),
-              metadata={"next_round": str(next_round), "order": json.dumps(list(state))})
-    os.replace(tmp, path)
-
-
-def _load_segment(path: Path, initial: Arrays) -> tuple[Arrays, int]:
-    """(state, the first round still to train): the last finished segment, or the initial state."""
-    if not path.is_file():
-        return dict(initial), 1
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata()
-        return {k: f.get_tensor(k) for k in json.loads(meta["order"])}, int(meta["next_round"])
 
 
 def pooled_divergence(state: Arrays, pooled: Arrays, scaling: Optional[float]) -> dict:
@@ -372,83 +303,3 @@ def pooled_divergence(state: Arrays, pooled: Arrays, scaling: Optional[float]) -
         c = {p: lora.effective_update(pooled, p, scaling) for p in prefixes}
         out["divergence_from_pooled_dW"] = weight_divergence(fl, c)
     return out
-
-
-def _tensors(state: Arrays) -> dict:
-    from fedmllm.federated.algorithms.base import as_tensors
-
-    return as_tensors(state)
-
-
-def run_pooled(exp: FederatedExperiment) -> dict:
-    """Centralized training on the union of the clients' data: per round as many steps as the
-    round's clients take together (`FederatedExperiment.train_baseline` for the schedule)."""
-    from fedmllm.federated.heterogeneity import client_steps
-
-    fed = exp.cfg.federated
-    per_round = fed.clients_per_round or fed.num_clients
-    budgets = client_steps(exp.cfg)  # per-client budgets: the same expected total of steps
-    round_steps = round(sum(budgets) * per_round / fed.num_clients) if budgets else per_round * fed.local_steps
-    steps = fed.rounds * round_steps
-    samples = [s for pid in range(len(exp.partition.clients)) for s in exp.clients.client_samples(pid)]
-    t0 = time.perf_counter()
-    state = exp.pooled_state  # trained by a killed attempt that did not finish evaluating
-    if state is None:
-        from safetensors.numpy import save_file
-
-        state = exp.train_baseline(samples, "pooled", round_steps, seed_client=0)
-        path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: contiguous(v) for k, v in state.items()}, str(path))
-        exp.pooled_state = state
-    if exp.test_partition is not None:
-        model = exp.server.load(state).model
-        exp.personal["pooled"] = exp.personal_baseline(lambda pid: model)
-    return exp.finish("pooled", "baseline", state, {"steps": steps, "seconds": time.perf_counter() - t0})
-
-
-def run_local(exp: FederatedExperiment) -> dict:
-    """Each client alone for all rounds' steps; scores averaged over clients (each client's
-    scores are kept under ``checkpoints/local/``, so a resumed run skips finished clients)."""
-    from fedmllm.federated.heterogeneity import client_ranks, client_steps
-
-    fed = exp.cfg.federated
-    budgets, ranks = client_steps(exp.cfg), client_ranks(exp.cfg)  # each client's own budget and rank
-    folder = exp.run.path / "checkpoints" / "local"
-    per_client = []
-    t0 = time.perf_counter()
-    for pid in range(len(exp.partition.clients)):
-        path = folder / f"client-{pid}.json"
-        if path.is_file():
-            per_client.append(json.loads(path.read_text()))
-            continue
-        samples = exp.clients.client_samples(pid)
-        if not samples:
-            continue
-        budget = budgets[pid] if budgets else fed.local_steps
-        state = exp.train_baseline(samples, f"local-{pid}", budget, seed_client=pid,
-                                   rank=ranks[pid] if ranks else None)
-        scores = exp.server.evaluate(state, upstream="full")
-        if exp.test_partition is not None:  # its own model on its own test split
-            from fedmllm.federated.personal import score_on_splits
-
-            own, counts = score_on_splits(exp.server.load(state).model, exp.server.processor,
-                                          exp.clients.client_tests(pid), exp.cfg.eval.batch_size)
-            scores["own"] = {"scores": own, "counts": counts}
-        write_json(path, scores)
-        per_client.append(scores)
-        print(f"[local] client {pid} done", flush=True)
-    avg = {part: {t: sum(c[part][t] for c in per_client) / len(per_client) for t in per_client[0][part]}
-           for part in ("downstream", "upstream")}
-    result = system_result("local", "baseline", exp.cfg.model.name, avg, exp.zero["full"])
-    result.update({"clients": len(per_client), "seconds": time.perf_counter() - t0})
-    if exp.test_partition is not None:
-        from fedmllm.federated.personal import client_score, summarize
-
-        result["personalized"] = summarize({pid: client_score(c["own"]["scores"], c["own"]["counts"])
-                                            for pid, c in enumerate(per_client) if "own" in c})
-    return exp.done("local", result)
-
-
-BASELINES.register("pooled", run_pooled)
-BASELINES.register("local", run_local)
