@@ -1,9 +1,11 @@
 """Report of a federated run, built from the run directory's files alone.
 
 Tables: the partition (client × dataset counts); federated strategies against the ``pooled`` and
-``local`` baselines per dataset (score and E), F and mean O; communication totals. Plots: the
-downstream score and the forgetting F over rounds, drift over rounds (update norms, cosines,
-B-local dissimilarity, LoRA aggregation discrepancy), client-update cosine heatmaps, train loss.
+``local`` baselines per dataset (score and E), F (the paper's), F_rel (relative retention) and
+F_acc (accuracy tasks only; `fedmllm.metrics.efo`) and mean O; communication totals; rankings.
+Plots: the downstream score and the forgetting F, F_rel and F_acc over rounds, drift over rounds
+(update norms, cosines, B-local dissimilarity, LoRA aggregation discrepancy), client-update cosine
+heatmaps, train loss.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from fedmllm.metrics.efo import forgetting_summary, task_metrics
+from fedmllm.report.forgetting import SHORT_DEFINITIONS, definitions, fmt, system_variants
 from fedmllm.report.plotting import plt_figure, save_figure
 from fedmllm.runs import atomic_write, read_events
 
@@ -33,12 +37,13 @@ def _systems(run_dir: Path) -> list[dict]:
 
 def comparison_table(systems: list[dict], zero: dict) -> str:
     tasks = list(zero["downstream"])
-    lines = ["| system | kind | " + " | ".join(tasks) + " | F | mean E | mean O |",
-             "|" + "---|" * (len(tasks) + 5),
-             "| base (zero-shot) | – | " + " | ".join(f"{zero['downstream'][t]:.1f}" for t in tasks) + " | – | – | – |"]
+    lines = ["| system | kind | " + " | ".join(tasks) + " | F | F_rel (%) | F_acc | mean E | mean O |",
+             "|" + "---|" * (len(tasks) + 7),
+             "| base (zero-shot) | – | " + " | ".join(f"{zero['downstream'][t]:.1f}" for t in tasks) + " | – | – | – | – | – |"]
     for s in systems:
         cells = " | ".join(f"{s['per_task'][t]['score']:.1f} ({s['per_task'][t]['E']:+.1f})" for t in tasks)
-        lines.append(f"| {s['system']} | {s['kind']} | {cells} | {s['F']:+.1f} | {s['E']:+.1f} | {s['O']:+.1f} |")
+        lines.append(f"| {s['system']} | {s['kind']} | {cells} | {s['F']:+.1f} | {fmt(s.get('F_rel'))} | "
+                     f"{fmt(s.get('F_acc'))} | {s['E']:+.1f} | {s['O']:+.1f} |")
     return "\n".join(lines)
 
 
@@ -85,7 +90,9 @@ def ranking_table(systems: list[dict], rounds: dict[str, list[dict]]) -> str:
         return sum(r["bytes_up"] + r["bytes_down"] for r in rs) if rs else None
 
     criteria = [("mean downstream score", lambda s: s["downstream_mean"], True),
-                ("F (less forgetting first)", lambda s: s["F"], True),
+                ("F, the paper's (less forgetting first)", lambda s: s["F"], True),
+                ("F_rel, relative retention % (less forgetting first)", lambda s: s.get("F_rel"), True),
+                ("F_acc, accuracy tasks only (less forgetting first)", lambda s: s.get("F_acc"), True),
                 ("personalized mean (per client)", lambda s: (s.get("personalized") or {}).get("mean_unweighted"), True),
                 ("LoRA aggregation error", lambda s: _mean_error(rounds.get(s["system"], [])), False),
                 ("bytes up + down", bytes_of, False)]
@@ -144,6 +151,29 @@ def _heatmap(matrix: list[list[float]], clients: list[int], title: str, path: Pa
     save_figure(fig, path)
 
 
+def round_variants(run_dir: Path, evals: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per system, its ``global_eval`` events that measured F, with F_rel / F_acc added: computed
+    from the event's upstream scores against the zero-shot scores of the same upstream subsample
+    (``zeroshot.json`` "small"), as the event's F is. Events it cannot compute them for get None."""
+    path = run_dir / "zeroshot.json"
+    small = ((json.loads(path.read_text()).get("small") or {}).get("upstream") or {}) if path.is_file() else {}
+    metrics = task_metrics(small)
+    out: dict[str, list[dict]] = {}
+    for system, es in evals.items():
+        rows = []
+        for e in es:
+            if "F" not in e:
+                continue
+            up = e.get("upstream") or {}
+            row = {"round": e["round"], "F_rel": None, "F_acc": None}
+            if up and set(up) <= set(small):
+                fs = forgetting_summary(up, {u: small[u] for u in up}, metrics)
+                row.update(F_rel=fs["F_rel"], F_acc=fs["F_acc"])
+            rows.append(row)
+        out[system] = rows
+    return out
+
+
 def build_plots(run_dir: Path, events: list[dict], systems: list[dict]) -> list[str]:
     plots = run_dir / "plots"
     evals, rounds, losses = defaultdict(list), defaultdict(list), defaultdict(lambda: defaultdict(list))
@@ -167,6 +197,15 @@ def build_plots(run_dir: Path, events: list[dict], systems: list[dict]) -> list[
         _line_plot(fs, "Forgetting: F over rounds (upstream change vs base)", "F (points)", plots / "rounds_forgetting.png",
                    {k: v["F"] for k, v in base.items()})
         out.append("rounds_forgetting.png")
+        variants = round_variants(run_dir, evals)
+        for key, title, ylabel in (("F_rel", "Forgetting: F_rel over rounds (relative change vs base)", "F_rel (% of base)"),
+                                   ("F_acc", "Forgetting: F_acc over rounds (accuracy tasks only)", "F_acc (points)")):
+            series = {s: ([e["round"] for e in es if e.get(key) is not None], [e[key] for e in es if e.get(key) is not None])
+                      for s, es in variants.items()}
+            if any(xs for xs, _ in series.values()):
+                _line_plot(series, title, ylabel, plots / f"rounds_forgetting_{key}.png",
+                           {k: v[key] for k, v in base.items() if v.get(key) is not None})
+                out.append(f"rounds_forgetting_{key}.png")
         for s, es in evals.items():
             per = {t: ([e["round"] for e in es], [e["downstream"][t] for e in es]) for t in es[0]["downstream"]}
             _line_plot(per, f"{s}: downstream score per dataset", "score", plots / f"rounds_tasks_{s}.png")
@@ -194,8 +233,9 @@ def build_federated_report(run_dir: Path) -> Path:
     from fedmllm.data.partition import Partition
 
     events = list(read_events(run_dir))
-    systems = _systems(run_dir)
     zero = json.loads((run_dir / "zeroshot.json").read_text())["full"] if (run_dir / "zeroshot.json").is_file() else None
+    # Runs from before F_rel / F_acc: computed from the stored upstream scores ("–" if absent).
+    systems = [system_variants(s, (zero or {}).get("upstream")) for s in _systems(run_dir)]
     rounds = defaultdict(list)
     for e in events:
         if e.get("event") == "round":
@@ -208,7 +248,7 @@ def build_federated_report(run_dir: Path) -> Path:
         parts += ["## Federated vs pooled vs local\n",
                   "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
                   "(negative = forgetting); O = E + F, averaged over datasets.\n",
-                  comparison_table(systems, zero), ""]
+                  comparison_table(systems, zero), "", definitions(systems), ""]
     if rounds:
         parts += ["## Communication and LoRA aggregation\n",
                   "LoRA aggregation error: ||dW_global - sum_k p_k dW_k|| / ||sum_k p_k dW_k|| with "
@@ -221,7 +261,8 @@ def build_federated_report(run_dir: Path) -> Path:
                   "split; 'per test sample' weights clients by their test sizes, 'per client' counts each "
                   "client once.\n", table, ""]
     if systems:
-        parts += ["## Ranking\n", ranking_table(systems, rounds), ""]
+        parts += ["## Ranking\n", ranking_table(systems, rounds), "",
+                  SHORT_DEFINITIONS, ""]
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:
         parts.append(f"**Client failures:** {len(failures)} (see `metrics.jsonl`, event `client_failed`).\n")
