@@ -29,6 +29,25 @@ def _client_columns(run_dir: Path) -> dict:
     return client_columns(load_config(path)) if path.is_file() else {}
 
 
+def _baselines_line(run_dir: Path) -> str:
+    """How the baselines trained (so pooled vs a strategy is read as data, not schedule)."""
+    from fedmllm.config import load_config
+
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return ""
+    fed = load_config(path).federated
+    if "baseline_schedule" not in path.read_text():  # written before the key existed: one run
+        fed.baseline_schedule = "single"
+    if fed.baseline_schedule == "rounds":
+        return ("Baselines train with the clients' schedule (`federated.baseline_schedule = \"rounds\"`): per "
+                "round a fresh optimizer at the round's constant learning rate, as many steps as the round's "
+                "clients take together (pooled) or as the client takes (local), with the clients' seeds; "
+                "pooled is FedAvg with one client holding the union.\n")
+    return ("Baselines train in one run of all steps with warm-up and cosine decay "
+            "(`federated.baseline_schedule = \"single\"`), unlike the clients' per-round constant rate.\n")
+
+
 def _systems(run_dir: Path) -> list[dict]:
     order = {"pooled": 0, "local": 2}
     out = [json.loads(p.read_text()) for p in (run_dir / "systems").glob("*.json")]
@@ -240,7 +259,7 @@ def build_federated_report(run_dir: Path) -> Path:
     for e in events:
         if e.get("event") == "round":
             rounds[e["system"]].append(e)
-    parts = [f"# Federated run — `{run_dir.name}`\n"]
+    parts = [f"# Federated run — `{run_dir.name}`\n", _baselines_line(run_dir)]
     if (run_dir / "partition.json").is_file():
         part = Partition.from_json(json.loads((run_dir / "partition.json").read_text()))
         parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(_client_columns(run_dir)), "```\n"]
