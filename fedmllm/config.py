@@ -128,6 +128,9 @@ class PretrainConfig:
 @dataclass
 class Config:
     seed: int = _f(0, "base seed; every client/round seed is derived from it")
+    tracking: list = _f(["tensorboard"], "live trackers every event is also logged to: tensorboard "
+                        "(event files in <run>/tb/), mlflow (local file store <run>/mlruns, the mlflow "
+                        "extra); [] = off (metrics.jsonl is always written)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -251,9 +254,12 @@ def validate(cfg: Config) -> None:
                         f"federated.num_clients ({fed.num_clients})")
     if not 0 <= fed.max_failure_fraction < 1:
         raise UserError("federated.max_failure_fraction must be in [0, 1)")
+    from fedmllm.tracking import check_names
+
+    check_names(cfg.tracking)
     for key, values in (("data.downstream", cfg.data.downstream), ("data.upstream", cfg.data.upstream),
                         ("centralized.models", cfg.centralized.models), ("centralized.methods", cfg.centralized.methods),
-                        ("federated.strategies", fed.strategies)):
+                        ("federated.strategies", fed.strategies), ("tracking", cfg.tracking)):
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
             raise UserError(f"{key} lists {', '.join(map(str, dup))} more than once")

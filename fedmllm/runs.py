@@ -4,6 +4,11 @@ A run directory holds ``config.toml`` (the resolved config), ``meta.json`` (seed
 SHA, command), ``metrics.jsonl`` (one JSON object per event), ``results.json``, ``report.md`` and
 ``plots/``. Files are written atomically (temp file + rename). A directory that already holds a
 run is only reused with ``resume=True`` and an identical config.
+
+Every event also goes to the run's live trackers (config key ``tracking``, `fedmllm.tracking`):
+TensorBoard event files in ``tb/``, optionally an MLflow file store in ``mlruns/``. They are opened
+at the first event, flushed after each, and closed by `RunDir.close` (or ``with run:``); a
+`RunDir` that is collected or a process that exits closes what is still open.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,12 +71,18 @@ class RunDir:
     path: Path
     config: Config
     resumed: bool = False
+    _tracking: Any = field(default=None, init=False, repr=False, compare=False)
+    _closer: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock: Any = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, out: str | Path, cfg: Config, kind: str, resume: bool = False) -> "RunDir":
         """Create ``out`` for a new run, or reopen it for ``resume`` (config must match)."""
+        from fedmllm.tracking import check_available
+
         path = Path(out)
         cfg_file = path / "config.toml"
+        check_available(cfg.tracking)  # a missing tracker package fails before anything is created
         if resume:
             if not cfg_file.is_file():
                 raise UserError(f"cannot resume {path}: no config.toml there (not a fedmllm run directory)")
@@ -94,10 +107,43 @@ class RunDir:
         return cls(path, cfg)
 
     def log(self, event: dict) -> None:
-        """Append one event to ``metrics.jsonl`` (one JSON object per line, flushed)."""
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(event, default=float) + "\n")
-            f.flush()
+        """Append one event to ``metrics.jsonl`` (one JSON object per line, flushed), then hand it
+        to the live trackers (opened at the first event; each flushed after it)."""
+        with self._lock:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(event, default=float) + "\n")
+                f.flush()
+            if self.config.tracking:
+                if self._tracking is None:
+                    from fedmllm.tracking import Tracking
+
+                    self._tracking = Tracking(self.path, self.config)
+                    # closes it if this RunDir is collected or the process exits unclosed
+                    self._closer = weakref.finalize(self, self._tracking.close, None)
+                self._tracking.log(event)
+
+    def close(self, failed: bool = False) -> None:
+        """Close the live trackers (MLflow: the run ends FINISHED, or FAILED); idempotent. A later
+        event opens them again (TensorBoard: a new event file in the same ``tb/``)."""
+        with self._lock:
+            tracking, self._tracking = self._tracking, None
+            if self._closer is not None:
+                self._closer.detach()
+                self._closer = None
+        if tracking is not None:
+            tracking.close("FAILED" if failed else "FINISHED")
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "config": self.config, "resumed": self.resumed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["config"], state["resumed"])
 
     def events(self) -> Iterator[dict]:
         return read_events(self.path)

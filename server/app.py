@@ -47,17 +47,17 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     from server.instrument import Instrument
     from server.strategy import GridTransport
 
-    run = RunDir(Path(run_dir), cfg)
-    exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log))
-    if cfg.federated.instrument:
-        from fedmllm.federated.algorithms import ALGORITHMS
-        from fedmllm.federated.tuned import rank_scaling
+    with RunDir(Path(run_dir), cfg) as run:  # closes the live trackers (tb/, mlruns/) at the end
+        exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log))
+        if cfg.federated.instrument:
+            from fedmllm.federated.algorithms import ALGORITHMS
+            from fedmllm.federated.tuned import rank_scaling
 
-        factors = exp.server.method.lora_factors(exp.server.initial_state())
-        scaling = rank_scaling(cfg)[1]
-        exp.observer = lambda system: Instrument(system, run.log, factors, scaling,
-                                                 personalized=ALGORITHMS.get(system).personalized)
-    return exp.run_all()
+            factors = exp.server.method.lora_factors(exp.server.initial_state())
+            scaling = rank_scaling(cfg)[1]
+            exp.observer = lambda system: Instrument(system, run.log, factors, scaling,
+                                                     personalized=ALGORITHMS.get(system).personalized)
+        return exp.run_all()
 
 
 def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedmllm.config import Config, method_options
 from fedmllm.experiment import ExperimentData, check_data, check_methods, derive_seed, fresh_copy, score
-from fedmllm.metrics.efo import efo
+from fedmllm.metrics.efo import efo, forgetting_summary, task_metrics
 from fedmllm.runs import RunDir, write_json
 
 
@@ -52,12 +52,13 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
                         loop_config(cfg.train, lr=lr), seed=seed, progress=False)
     train_s = time.time() - t0
     tuned = score(model, bundle.processor, {task: data.test[task], **data.upstream}, cfg.eval.batch_size)
+    up_tuned, up_base = {u: tuned[u] for u in data.upstream}, {u: base[u] for u in data.upstream}
+    alt = {k: v for k, v in forgetting_summary(up_tuned, up_base, task_metrics(data.upstream)).items() if k != "F"}
     result = {
         "model": model_name, "method": method, "family": meth.family, "task": task, "lr": lr,
         "options": options, "seed": seed, "base_score": base[task], "tuned_score": tuned[task],
-        **efo(base, tuned, task, list(data.upstream)),
-        "upstream_tuned": {u: tuned[u] for u in data.upstream},
-        "upstream_base": {u: base[u] for u in data.upstream},
+        **efo(base, tuned, task, list(data.upstream)), **alt,  # F_rel, F_acc (+ tasks left out)
+        "upstream_tuned": up_tuned, "upstream_base": up_base,
         "train": {"steps": stats.steps, "examples": stats.examples, "loss_first": stats.loss_first,
                   "loss_last": stats.loss_last, "seconds": round(train_s, 2)},
         "trainable": trainable_summary(model), "seconds": round(time.time() - t0, 2),
@@ -72,13 +73,18 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
 def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
     """Run (or resume) the grid; writes results.json / results.csv / report.md / plots."""
     from fedmllm.models import build_model
-    from fedmllm.report import build_reports
 
     check_data(cfg)
     bundles = {m: build_model(m, pretrained=cfg.model.pretrained, seed=cfg.seed) for m in cfg.centralized.models}
     for bundle in bundles.values():
         check_methods(bundle.model, cfg, cfg.centralized.methods)
-    run = RunDir.create(out, cfg, "centralized", resume=resume)
+    with RunDir.create(out, cfg, "centralized", resume=resume) as run:  # closes the live trackers
+        return _run_grid(run, cfg, bundles)
+
+
+def _run_grid(run: RunDir, cfg: Config, bundles: dict) -> Path:
+    from fedmllm.report import build_reports
+
     data = ExperimentData.load(cfg)
     tasks = cfg.centralized.tasks or cfg.data.downstream
     cells = [(m, meth, t) for m in cfg.centralized.models for meth in cfg.centralized.methods for t in tasks]
@@ -104,11 +110,16 @@ def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
 
 def write_results(run: RunDir, results: list[dict]) -> None:
     """``results.json`` (every cell, full detail) and ``results.csv`` (one row per cell)."""
+    from fedmllm.report.forgetting import cell_variants
+
+    results = [cell_variants(r) for r in results]  # cells resumed from older runs gain F_rel / F_acc
     run.write_json("results.json", {"kind": "centralized", "cells": results})
-    header = ["model", "method", "family", "task", "base_score", "tuned_score", "E", "F", "O"]
+    header = ["model", "method", "family", "task", "base_score", "tuned_score", "E", "F", "O", "F_rel", "F_acc"]
     lines = [",".join(header)]
     for r in results:
-        lines.append(",".join(str(round(r[h], 4)) if isinstance(r[h], float) else str(r[h]) for h in header))
+        vals = [r.get(h) for h in header]  # F_rel / F_acc: absent in old cells, None if undefined
+        lines.append(",".join("" if v is None else str(round(v, 4)) if isinstance(v, float) else str(v)
+                              for v in vals))
     from fedmllm.runs import atomic_write
 
     atomic_write(run.path / "results.csv", "\n".join(lines) + "\n")

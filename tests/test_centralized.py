@@ -40,6 +40,13 @@ def test_efo_arithmetic(grid):
         deltas = [c["upstream_tuned"][u] - zero[u] for u in ("synth-okvqa", "synth-mme")]
         assert c["F"] == pytest.approx(sum(deltas) / 2)
         assert c["O"] == pytest.approx(c["E"] + c["F"])
+        # Both upstream metrics (vqa_accuracy, mme) are accuracies: F_acc = F here.
+        assert c["F_acc"] == pytest.approx(c["F"]) and c["F_acc_excluded"] == []
+        kept = [u for u in ("synth-okvqa", "synth-mme") if zero[u] != 0]
+        assert c["F_rel_excluded"] == [u for u in ("synth-okvqa", "synth-mme") if u not in kept]
+        if kept:
+            assert c["F_rel"] == pytest.approx(sum(100 * (c["upstream_tuned"][u] - zero[u]) / zero[u]
+                                                   for u in kept) / len(kept))
         assert c["train"]["steps"] == 3
 
 
