@@ -30,7 +30,6 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan as FlwrBulyan
 from flwr.serverapp.strategy import FedAdagrad as FlwrFedAdagrad
 from flwr.serverapp.strategy import FedAdam as FlwrFedAdam
@@ -53,6 +52,7 @@ from fedmllm.federated.algorithms.scaffold import C_GLOBAL, C_LOCAL, CONTROL, DC
 from fedmllm.federated.checkpoint import CheckpointStore, RoundCheckpoint
 from fedmllm.federated.client import ClientStore
 from fedmllm.federated.rounds import LoopSettings, RawReply, RoundFailed, RoundLoop
+from server.inprocess import InProcessGrid
 from server.records import (
     decode_groups, decode_metrics, decode_payload, encode_payload, encode_reply, numpy_to_record,
     record_to_numpy)
@@ -87,40 +87,20 @@ def wire(msg: Message) -> Message:
     return message_from_proto(message_to_proto(msg))
 
 
-class LoopbackGrid(Grid):
-    """A Flower Grid delivering each message (through the wire format) to an in-process client
-    function keyed by node id, and its reply back; no SuperLink, no Ray."""
+class LoopbackGrid(InProcessGrid):
+    """`server.inprocess.InProcessGrid` whose nodes are plain handler functions keyed by node id
+    (message -> reply, both through the wire format); no SuperLink, no Ray, no ClientApp."""
 
     def __init__(self, clients: dict[int, Callable[[Message], Message]]):
+        super().__init__(None, len(clients), list(clients))
         self.clients = clients
-        self._replies: list[Message] = []
 
-    def set_run(self, run):  # noqa: D102
-        pass
-
-    @property
-    def run(self):  # noqa: D102
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: D102
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+    def deliver(self, msg: Message) -> Message:  # noqa: D102
+        received = wire(msg)
+        return wire(self.clients[received.metadata.dst_node_id](received))
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
         return list(self.clients)
-
-    def push_messages(self, messages):  # noqa: D102
-        for m in messages:
-            received = wire(m)
-            self._replies.append(wire(self.clients[received.metadata.dst_node_id](received)))
-        return [str(i) for i in range(len(self._replies))]
-
-    def pull_messages(self, message_ids):  # noqa: D102
-        out, self._replies = self._replies, []
-        return out
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
-        self.push_messages(messages)
-        return self.pull_messages([])
 
 
 def node(pid: int, handler: Callable[[Payload], RawReply]) -> Callable[[Message], Message]:

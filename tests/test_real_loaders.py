@@ -154,8 +154,8 @@ def test_okvqa_ten_answers(tmp_path):
     assert s.meta["qtype"] == "eight" and fx.pixel(s) == fx.color(int(ids(test)[0]))
 
 
-def test_gqa_joins_instructions_and_images(tmp_path):
-    root = fx.write_gqa(tmp_path)
+def check_gqa_folder(root) -> None:
+    """The fixture's GQA folder loads: instructions joined with their images, both splits."""
     test = load("gqa", "test", source=str(root))
     check_common(test, "gqa", "test")
     assert ids(test) == ["q1", "q2", "q3", "q4", "q5"]
@@ -165,6 +165,11 @@ def test_gqa_joins_instructions_and_images(tmp_path):
     assert test[1].answers == ["ans q2"] and test[1].meta["qtype"] == "query"
     train = load("gqa", "train", source=str(root))
     assert ids(train) == ["t1", "t2", "t3"] and fx.pixel(train[0]) == fx.color(4)
+
+
+def test_gqa_joins_instructions_and_images(tmp_path):
+    root = fx.write_gqa(tmp_path)
+    check_gqa_folder(root)
     assert len(load("gqa", "test", source=str(root), n=2, seed=3)) == 2
 
 
@@ -176,15 +181,7 @@ def test_gqa_local_folder_without_configs_card(tmp_path, card):
     (root / "README.md").unlink()
     if card is not None:
         (root / "README.md").write_text(card)
-    test = load("gqa", "test", source=str(root))
-    check_common(test, "gqa", "test")
-    assert ids(test) == ["q1", "q2", "q3", "q4", "q5"]
-    for s in test:
-        k = int(s.meta["image_id"][-1])
-        assert fx.pixel(s) == fx.color(k) and s.question.endswith(f"img{k}?")
-    assert test[1].answers == ["ans q2"] and test[1].meta["qtype"] == "query"
-    train = load("gqa", "train", source=str(root))
-    assert ids(train) == ["t1", "t2", "t3"] and fx.pixel(train[0]) == fx.color(4)
+    check_gqa_folder(root)
     # A part whose subfolders are missing names what it looked for.
     with pytest.raises(UserError, match="val_balanced_instructions/"):
         load("gqa", "test", source=str(root), config="val_balanced")
