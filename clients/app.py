@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from fedmllm.federated import protocol as P
 from fedmllm.federated.client import ClientStore, client_runtime
-from server.records import array_bytes, decode_payload, encode_reply
+from server.records import array_bytes, decode_payload, encode_groups
 
 app = ClientApp()
 _STORES: dict[str, ClientStore] = {}
@@ -38,19 +38,24 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({P.METRICS: metrics}), reply_to=msg)
 
 
+def _node(msg: Message, context: Context):
+    """(payload, runtime, partition id, client store) of an instruction to this node."""
+    payload = decode_payload(msg.content)
+    config = payload.config
+    experiment_dir = str(context.node_config.get("fedmllm-experiment", config[P.EXPERIMENT_DIR]))
+    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]))
+    store = _store(str(context.node_config.get("fedmllm-state-dir", config.get(P.CLIENT_STORE, ""))))
+    return payload, runtime, int(context.node_config["partition-id"]), store
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's own model (global shared part + its local part after the message's
     round) on its local test split; reply ``score/<task>`` and ``count/<task>`` metrics."""
     from fedmllm.federated.personal import COUNT, SCORE
 
-    payload = decode_payload(msg.content)
-    config = payload.config
-    experiment_dir = str(context.node_config.get("fedmllm-experiment", config[P.EXPERIMENT_DIR]))
-    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]))
-    partition_id = int(context.node_config["partition-id"])
-    store = _store(str(context.node_config.get("fedmllm-state-dir", config.get(P.CLIENT_STORE, ""))))
-    server_round, system = int(config[P.SERVER_ROUND]), str(config[P.SYSTEM])
+    payload, runtime, partition_id, store = _node(msg, context)
+    server_round, system = int(payload.config[P.SERVER_ROUND]), str(payload.config[P.SYSTEM])
     scores, counts = runtime.evaluate_round(partition_id, payload, store.load(system, partition_id, server_round + 1))
     metrics = {P.PARTITION_ID: partition_id, **{SCORE + t: v for t, v in scores.items()},
                **{COUNT + t: n for t, n in counts.items()}}
@@ -61,20 +66,15 @@ def evaluate(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local training of this node's partition; reply with what the algorithm asks."""
     t0 = time.perf_counter()
-    payload = decode_payload(msg.content)
-    config = payload.config
-    experiment_dir = str(context.node_config.get("fedmllm-experiment", config[P.EXPERIMENT_DIR]))
-    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]))
-    partition_id = int(context.node_config["partition-id"])
-    server_round, system = int(config[P.SERVER_ROUND]), str(config[P.SYSTEM])
+    payload, runtime, partition_id, store = _node(msg, context)
+    server_round, system = int(payload.config[P.SERVER_ROUND]), str(payload.config[P.SYSTEM])
     if partition_id in runtime.cfg.federated.fail_clients:
         # Fault injection (federated.fail_clients): a crash mid-round, reported by Flower as an
         # error reply; the server completes the round with the others.
         raise RuntimeError(f"injected failure of client {partition_id} in round {server_round}")
-    store = _store(str(context.node_config.get("fedmllm-state-dir", config.get(P.CLIENT_STORE, ""))))
     update = runtime.run_round(partition_id, payload, store.load(system, partition_id, server_round))
     store.save(system, partition_id, server_round, update.local_state)
-    content = encode_reply(update.arrays, {})
+    content = encode_groups(update.arrays)
     content[P.METRICS] = MetricRecord({
         P.NUM_EXAMPLES: update.num_examples, P.TRAIN_LOSS: update.train_loss, P.SECONDS: update.seconds,
         P.BYTES_IN: array_bytes(msg.content), P.BYTES_OUT: array_bytes(content), P.CLIENT_FAILED: 0,

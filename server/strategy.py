@@ -25,7 +25,7 @@ from flwr.supercore import log
 
 from fedmllm.federated import protocol as P
 from fedmllm.federated.algorithms import Algorithm, Payload
-from fedmllm.federated.rounds import RawReply, sampled_partitions, validated_replies
+from fedmllm.federated.rounds import RawReply, round_payloads, sampled_partitions, validated_replies
 from server.records import decode_groups, decode_metrics, encode_payload, numpy_to_record, record_to_numpy
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -135,10 +135,7 @@ class AlgorithmStrategy(Strategy):
                                      server_round)
         base = {**dict(config), **self.round_config(server_round), P.SERVER_ROUND: server_round,
                 P.ALGORITHM: self.algorithm.name}
-        payloads = {}
-        for pid in clients:
-            p = self.algorithm.configure(server_round, pid, self._global)
-            payloads[pid] = Payload(p.arrays, {**base, **p.config})
+        payloads = round_payloads(self.algorithm, server_round, self._global, clients, base)
         messages, self._failures = self.transport.messages(payloads)
         self._sent = sorted(payloads)
         return messages

@@ -120,8 +120,9 @@ class ClientRuntime:
         return self._tests[partition_id]
 
     def own_model(self, payload: Payload, local_state: Groups):
-        """The client's own model for ``payload`` (what its round would start from): the shared
-        part received, its local part, residuals in the base. Returns the loaded `Tuned`."""
+        """Load the client's own model for ``payload`` (what its round would start from): the
+        shared part received, its local part, residuals in the base. Returns ``(tuned, algorithm,
+        payload without residuals, hooks, plan)``."""
         config = payload.config
         algo = self.algorithm(str(config[P.ALGORITHM]))
         rank = config.get(P.LORA_RANK)

@@ -253,15 +253,13 @@ class FederatedExperiment:
     def personalized_round(self, system: str, server_round: int, state: Arrays, algo, settings) -> None:
         """Every client scores its own model (what its next round would start from) on its local
         test split, through evaluate messages; logs a ``personalized_eval`` event."""
-        from fedmllm.federated.algorithms import Payload
         from fedmllm.federated.personal import COUNT, SCORE, client_score, summarize
+        from fedmllm.federated.rounds import round_payloads
 
-        payloads = {}
-        for pid in range(self.cfg.federated.num_clients):
-            p = algo.configure(server_round + 1, pid, state)
-            payloads[pid] = Payload(p.arrays, {**settings.common_config, **settings.client_config(pid),
-                                               P.SERVER_ROUND: server_round, P.ALGORITHM: algo.name,
-                                               P.SYSTEM: system, **p.config})
+        config = {**settings.common_config, P.SERVER_ROUND: server_round, P.ALGORITHM: algo.name, P.SYSTEM: system}
+        # what each client's next round would start from: the configuration of round + 1
+        payloads = round_payloads(algo, server_round + 1, state, range(self.cfg.federated.num_clients), config,
+                                  settings.client_config)
         raw, failures = self.transport.evaluate(server_round, payloads)
         per_client = {}
         for pid, reply in raw.items():

@@ -140,10 +140,7 @@ class RoundLoop:
         clients = sampled_partitions(s.seed, s.num_clients, s.clients_per_round, server_round)
         config = {**s.common_config, P.SERVER_ROUND: server_round, P.LR: s.lr(server_round),
                   P.ALGORITHM: self.algo.name, P.SYSTEM: s.system}
-        payloads = {}
-        for pid in clients:
-            payload = self.algo.configure(server_round, pid, state)
-            payloads[pid] = Payload(payload.arrays, {**config, **s.client_config(pid), **payload.config})
+        payloads = round_payloads(self.algo, server_round, state, clients, config, s.client_config)
         raw, failures = self.transport.exchange(server_round, payloads)
         crash_point(s.system, server_round, "train")
         replies = validated_replies(self.algo, server_round, state, clients, raw, failures)
@@ -177,6 +174,18 @@ class RoundLoop:
             self.checkpoints.save(s.system, RoundCheckpoint(
                 server_round, new_state, self.algo.state_dict(), dict(self.totals), self.metrics_size()))
         return new_state
+
+
+def round_payloads(algo: Algorithm, server_round: int, state: Arrays, clients: Sequence[int],
+                   config: dict[str, Any], per_client: Optional[Callable[[int], dict]] = None
+                   ) -> dict[int, Payload]:
+    """Each client's payload: the algorithm's arrays for ``server_round``, and as config the round
+    values ``config``, the client's own (``per_client``: rank, budget), then the algorithm's keys."""
+    payloads = {}
+    for pid in clients:
+        p = algo.configure(server_round, pid, state)
+        payloads[pid] = Payload(p.arrays, {**config, **(per_client(pid) if per_client else {}), **p.config})
+    return payloads
 
 
 def validated_replies(algo: Algorithm, server_round: int, state: Arrays, clients: Sequence[int],
