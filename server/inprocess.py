@@ -10,6 +10,7 @@ partition ids on purpose. `run_inprocess` runs a ServerApp over it
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional
 
@@ -61,16 +62,21 @@ class InProcessGrid(Grid):
         return message_from_proto(message_to_proto(reply))
 
     def push_messages(self, messages):  # noqa: D102
-        self._replies += [self.deliver(m) for m in messages]
+        for m in messages:
+            t0 = time.perf_counter()
+            reply = self.deliver(m)
+            self._replies.append((time.perf_counter() - t0, reply))
         return [str(i) for i in range(len(self._replies))]
 
-    def pull_messages(self, message_ids):  # noqa: D102
+    def pull_messages(self, message_ids, timeout=None):  # noqa: D102
+        """The replies; with ``timeout``, those whose client took longer are dropped (clients
+        run one after another here, so each is timed on its own, as if they ran in parallel)."""
         out, self._replies = self._replies, []
-        return out
+        return [reply for seconds, reply in out if timeout is None or seconds <= timeout]
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
         self.push_messages(messages)
-        return self.pull_messages([])
+        return self.pull_messages([], timeout)
 
 
 @contextmanager

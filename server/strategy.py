@@ -25,7 +25,7 @@ from flwr.supercore import log
 
 from fedmllm.federated import protocol as P
 from fedmllm.federated.algorithms import Algorithm, Payload
-from fedmllm.federated.rounds import RawReply, round_payloads, sampled_partitions, validated_replies
+from fedmllm.federated.rounds import TIMEOUT, RawReply, round_payloads, sampled_partitions, validated_replies
 from server.records import decode_groups, decode_metrics, encode_payload, numpy_to_record, record_to_numpy
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -51,9 +51,12 @@ class GridTransport:
     """The round loop's `Transport` over a Flower Grid: one train message per sampled partition's
     node, replies keyed back by partition (error replies become failures with their root cause)."""
 
-    def __init__(self, grid: Grid, *, timeout: float = 3600.0,
+    def __init__(self, grid: Grid, *, timeout: float = 3600.0, round_timeout: float = 0.0,
                  log: Optional[Callable[[dict], None]] = None):
+        """``round_timeout`` > 0: a round's replies are collected for that many seconds, the
+        partitions that have not answered by then are failures ("timeout ...")."""
         self.grid, self.timeout, self.log = grid, timeout, log
+        self.round_timeout = float(round_timeout)
         self.partitions: dict[int, int] = {}  # node id -> partition id, asked once per node
 
     def nodes_by_partition(self) -> dict[int, int]:
@@ -99,9 +102,12 @@ class GridTransport:
     def exchange(self, server_round: int, payloads: dict[int, Payload], message_type: str = MessageType.TRAIN):
         """Send every payload, wait for the replies (`rounds.Transport`)."""
         messages, failures = self.messages(payloads, message_type)
-        raw, failed = self.decode(self.grid.send_and_receive(messages, timeout=self.timeout))
+        timeout = self.round_timeout if self.round_timeout > 0 and message_type == MessageType.TRAIN else self.timeout
+        raw, failed = self.decode(self.grid.send_and_receive(messages, timeout=timeout))
         failures.update(failed)
-        failures.update({pid: "no reply" for pid in payloads if pid not in raw and pid not in failures})
+        missing = f"{TIMEOUT}: no reply within federated.round_timeout_s = {timeout:g} s" \
+            if timeout == self.round_timeout else "no reply"
+        failures.update({pid: missing for pid in payloads if pid not in raw and pid not in failures})
         return raw, failures
 
     def evaluate(self, server_round: int, payloads: dict[int, Payload]):

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 
 from fedmllm.config import Config, method_options
 from fedmllm.experiment import derive_seed
 from fedmllm.federated import protocol as P
 from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import ALGORITHMS, LocalResult, Payload
-from fedmllm.federated.algorithms.base import GLOBAL, Groups, as_arrays, as_tensors
+from fedmllm.federated.algorithms.base import GLOBAL, STATE, Groups, as_arrays, as_tensors
 from fedmllm.federated.lora import is_residual
 
 _RUNTIMES: dict[str, "ClientRuntime"] = {}
@@ -151,12 +152,34 @@ class ClientRuntime:
         return self._algorithms[name]
 
     def run_round(self, partition_id: int, payload: Payload, local_state: Groups) -> ClientUpdate:
-        """One round of local training of ``partition_id`` as the payload's algorithm says."""
+        """One round of local training of ``partition_id`` as the payload's algorithm says (and,
+        in an attacked system, as the message's attack says; a straggler then sleeps)."""
+        config = payload.config
+        server_round = int(config[P.SERVER_ROUND])
+        attack = self.attack(config)
+        samples = self.client_samples(partition_id)
+        if attack is not None:  # data poisoning (a no-op for model-poisoning attacks)
+            samples = attack.poison_samples(samples, np.random.default_rng(
+                derive_seed(self.cfg.seed, "attack-data", partition_id)))
+        update = self.train_samples(samples, payload, local_state, ("client", server_round, partition_id))
+        if attack is not None:  # model poisoning (a no-op for data-poisoning attacks)
+            received = {k: v for k, v in payload.arrays[GLOBAL].items() if not is_residual(k)}
+            update.arrays[STATE] = attack.poison_update(update.arrays[STATE], received, np.random.default_rng(
+                derive_seed(self.cfg.seed, "attack", server_round, partition_id)))
+        slowdown = float(config.get(P.SLOWDOWN, 1.0))
+        if slowdown > 1:  # a simulated straggler: its round takes slowdown x its compute time
+            time.sleep((slowdown - 1.0) * update.seconds)
+        return update
+
+    def train_samples(self, samples: list, payload: Payload, local_state: Groups,
+                      seed_parts: tuple) -> ClientUpdate:
+        """Train the model ``payload`` describes on ``samples`` (the training seed derives from the
+        experiment seed and ``seed_parts``); the reply arrays are client-side clipped when the
+        message asks (DP). Also the server's reference training (FLTrust's root set)."""
         from fedmllm.training.loop import loop_config, train_local
 
         config = payload.config
-        server_round, lr, steps = int(config[P.SERVER_ROUND]), float(config[P.LR]), int(config[P.LOCAL_STEPS])
-        samples = self.client_samples(partition_id)
+        lr, steps = float(config[P.LR]), int(config[P.LOCAL_STEPS])
         tuned, algo, payload, hooks, plan = self.own_model(payload, local_state)
         model, method = tuned.model, tuned.method
         params = method.state_parameters(model)
@@ -168,15 +191,27 @@ class ClientRuntime:
             stats = train_local(model, samples, self.collate,
                                 loop_config(self.cfg.train, lr=lr, steps=steps, warmup_ratio=0.0,
                                             schedule="constant"),
-                                seed=derive_seed(self.cfg.seed, "client", server_round, partition_id),
-                                hooks=hooks)
+                                seed=derive_seed(self.cfg.seed, *seed_parts), hooks=hooks)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
         result = LocalResult(as_arrays(method.get_state(model)), stats.steps, lr, hooks)
         arrays, new_local = algo.finish(payload, local_state, plan, result)
+        if P.DP_CLIP in config:  # client-side DP: the update leaves the client clipped
+            from fedmllm.federated.privacy import clip_update
+
+            arrays[STATE] = clip_update(arrays[STATE], payload.arrays[GLOBAL], float(config[P.DP_CLIP]))[0]
         return ClientUpdate(arrays, len(samples), float(stats.loss_mean), stats.steps,
                             time.perf_counter() - t0, new_local)
+
+    def attack(self, config):
+        """The attack this round's message tells the client to run (simulated adversary), or None."""
+        name = config.get(P.ATTACK)
+        if not name:
+            return None
+        from fedmllm.federated.attacks import build_attack, options_from_config
+
+        return build_attack(str(name), options_from_config(config))
 
 
 def client_runtime(experiment_dir: str | Path, experiment_id: str) -> ClientRuntime:

@@ -32,6 +32,7 @@ from fedmllm.federated.lora import is_residual
 from fedmllm.federated.results import system_result
 from fedmllm.federated.rounds import LoopSettings, Observer, RoundLoop, Transport
 from fedmllm.federated.runtime import ServerRuntime, build_partition
+from fedmllm.federated.systems import client_extras, strategy_systems, system_spec
 from fedmllm.runs import RunDir, write_json
 
 
@@ -49,26 +50,32 @@ def resolve_strategy_options(cfg: Config) -> Config:
 
 
 def system_order(cfg: Config) -> list[str]:
-    """pooled first (its state is the divergence reference), then strategies, then local."""
+    """pooled first (its state is the divergence reference), then the strategy systems
+    (`systems.strategy_systems`: strategies x privacy x attacks), then local."""
     fed = cfg.federated
-    return (["pooled"] if "pooled" in fed.baselines else []) + list(fed.strategies) + \
+    return (["pooled"] if "pooled" in fed.baselines else []) + [s.name for s in strategy_systems(cfg)] + \
         (["local"] if "local" in fed.baselines else [])
 
 
-def loop_settings(cfg: Config, system: str, run_path: Path) -> LoopSettings:
-    """The round loop settings of strategy ``system``: rounds, sampling, round lr, failure budget,
-    and the config values every train message carries (experiment id, run dir, client store)."""
+def loop_settings(cfg: Config, system: str, run_path: Path, partition=None) -> LoopSettings:
+    """The round loop settings of strategy system ``system``: rounds, sampling, round lr, failure
+    budget, the reply checks (each partition's size from ``partition``, the update-norm bound),
+    the config values every train message carries (experiment id, run dir, client store) and the
+    ones the system adds per client (attackers, stragglers)."""
     from fedmllm.federated.heterogeneity import client_ranks, client_steps
     from fedmllm.federated.tuned import rank_scaling
 
     fed = cfg.federated
+    spec = system_spec(cfg, system)
     _, lr = method_options(cfg, fed.method)
     return LoopSettings(
         lora_scaling=rank_scaling(cfg)[1],
         system=system, rounds=fed.rounds, num_clients=fed.num_clients,
         clients_per_round=fed.clients_per_round, seed=cfg.seed, local_steps=fed.local_steps,
         base_lr=lr, lr_decay=fed.lr_decay, max_failure_fraction=fed.max_failure_fraction,
-        client_ranks=client_ranks(cfg, system), client_steps=client_steps(cfg),
+        client_ranks=client_ranks(cfg, spec.strategy), client_steps=client_steps(cfg),
+        client_extras=client_extras(cfg, spec), max_update_norm=fed.max_update_norm,
+        client_sizes=None if partition is None else partition.sizes(),
         common_config={P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
                        P.CLIENT_STORE: str((run_path / "clients").resolve())})
 
@@ -183,6 +190,11 @@ class FederatedExperiment:
         scores = self.server.evaluate(state, upstream="full")
         result = system_result(system, kind, self.cfg.model.name, scores, self.zero["full"])
         result.update(extra)
+        if kind == "strategy":
+            spec = system_spec(self.cfg, system)
+            result.update({"strategy": spec.strategy, "attack": spec.attack, "noise_multiplier": spec.noise_multiplier})
+            if spec.attack == "backdoor":
+                result["backdoor"] = self.backdoor_success(state)
         if system in self.personal:
             result["personalized"] = self.personal[system]
         self.save_adapter(system, state, self.cfg.federated.rounds)
@@ -211,9 +223,10 @@ class FederatedExperiment:
         if self.transport is None:
             raise UserError(f"strategy {name!r} needs a transport (run it through `fedmllm federated`)")
         fed = self.cfg.federated
-        algo = build_algorithm(name, self.cfg.strategy_options.get(name, {}), num_clients=fed.num_clients)
+        spec = system_spec(self.cfg, name)
+        algo = self.algorithm(spec)
         observer = self.observer(name) if self.observer else None
-        settings = loop_settings(self.cfg, name, self.run.path)
+        settings = loop_settings(self.cfg, name, self.run.path, self.partition)
         loop = RoundLoop(algo, self.transport, settings, log=self.run.log,
                          metrics_size=self.progress.metrics_size, checkpoints=self.checkpoints,
                          observer=observer, after_aggregate=getattr(observer, "aggregated", None),
@@ -222,6 +235,46 @@ class FederatedExperiment:
         t = loop.totals
         return self.finish(name, "strategy", final, {"seconds": t["seconds"], "rounds": fed.rounds,
                                                      "bytes_up": t["bytes_up"], "bytes_down": t["bytes_down"]})
+
+    def algorithm(self, spec):
+        """The algorithm of a strategy system: the strategy with its options, DP-wrapped when the
+        system is private, with the server's reference update when the rule needs one (FLTrust)."""
+        fed = self.cfg.federated
+        algo = build_algorithm(spec.strategy, self.cfg.strategy_options.get(spec.strategy, {}),
+                               num_clients=fed.num_clients)
+        if getattr(algo, "needs_reference", False):
+            _, lr = method_options(self.cfg, fed.method)
+            algo.reference = lambda server_round, state, a=algo: self.reference_update(
+                a, server_round, state, lr * fed.lr_decay ** (server_round - 1))
+        if spec.private:
+            from fedmllm.federated.privacy import private
+
+            algo = private(algo, self.cfg, spec.noise_multiplier)
+        return algo
+
+    def reference_update(self, algo, server_round: int, state: Arrays, lr: float) -> Arrays:
+        """The server's own trained shared state of ``server_round`` on its root set (FLTrust):
+        a clean client that trains like the others (same steps and lr), on samples no client holds."""
+        from fedmllm.federated.algorithms import STATE, Payload
+
+        p = algo.configure(server_round, 0, state)
+        config = {P.SERVER_ROUND: server_round, P.LR: lr, P.LOCAL_STEPS: self.cfg.federated.local_steps,
+                  P.ALGORITHM: algo.name, **p.config}
+        update = self.clients.train_samples(self.root_samples(), Payload(p.arrays, config), {}, ("root", server_round))
+        return update.arrays[STATE]
+
+    def root_samples(self) -> list:
+        """The server's small clean set (FLTrust's root dataset): per downstream task, the
+        ``strategy_options.fltrust.root_n`` samples after the clients' pool (indices train_n...)."""
+        if getattr(self, "_root", None) is None:
+            from fedmllm.data.suite import load_task
+
+            n = int(self.cfg.strategy_options.get("fltrust", {}).get("root_n", 8))
+            base = self.cfg.data.train_n
+            self._root = [s for task in self.cfg.data.downstream
+                          for s in load_task(task, "train", base + n, self.cfg.seed, self.cfg.data,
+                                             indices=range(base, base + n))]
+        return self._root
 
     def evaluate_round(self, system: str, server_round: int, state: Arrays, algo=None, settings=None) -> None:
         """The per-round evaluation schedule: downstream every ``eval_every`` rounds (and every
@@ -241,6 +294,8 @@ class FederatedExperiment:
             event["F"] = forgetting(scores["upstream"], self.zero["small"]["upstream"])
         if self.pooled_state is not None:
             event.update(pooled_divergence(state, self.pooled_state, self.server.models.scaling))
+        if system in {s.name for s in strategy_systems(self.cfg)} and system_spec(self.cfg, system).attack == "backdoor":
+            event["backdoor"] = self.backdoor_success(state)
         self.run.log(event)
         if fed.eval_personalized and algo is not None and hasattr(self.transport, "evaluate"):
             self.personalized_round(system, server_round, state, algo, settings)
@@ -249,6 +304,20 @@ class FederatedExperiment:
         mean_down = sum(scores["downstream"].values()) / len(scores["downstream"])
         print(f"[{system}] round {server_round}/{fed.rounds}: downstream mean {mean_down:.1f}"
               + (f", F {event['F']:+.1f}" if "F" in event else ""), flush=True)
+
+    def backdoor_success(self, state: Arrays) -> dict:
+        """The backdoor's attack success rate on the global ``state``: triggered downstream test
+        images (up to ``federated.upstream_n`` per task) answered with the target."""
+        from fedmllm.eval.generate import generate
+        from fedmllm.federated.attacks import build_attack
+        from fedmllm.federated.attacks.backdoor import attack_success_rate
+
+        options = build_attack("backdoor", self.cfg.attack.options.get("backdoor", {})).options
+        model = self.server.load(state).model
+        n = self.cfg.federated.upstream_n
+        return attack_success_rate(
+            lambda samples: generate(model, self.server.processor, samples, batch_size=self.cfg.eval.batch_size),
+            {t: s[:n] for t, s in self.data.test.items()}, options)
 
     def personalized_round(self, system: str, server_round: int, state: Arrays, algo, settings) -> None:
         """Every client scores its own model (what its next round would start from) on its local

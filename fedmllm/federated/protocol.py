@@ -39,6 +39,10 @@ EXPERIMENT_ID = "experiment-id"  # short hash of the resolved config (clients ca
 EXPERIMENT_DIR = "experiment-dir"  # where config.toml and partition.json live (simulation)
 CLIENT_STORE = "client-store"  # folder of the clients' local state (simulation); "" = in memory
 LORA_RANK = "lora-rank"  # this client's LoRA rank (heterogeneous clients); absent = the configured r
+ATTACK = "attack"  # simulated adversary: the attack this client runs (`fedmllm.federated.attacks`)
+ATTACK_OPTION = "attack."  # prefix of that attack's options (``attack.factor``)
+SLOWDOWN = "slowdown"  # simulated straggler: the round takes this many times its compute time
+DP_CLIP = "dp-clip"  # client-side DP: clip the update (trained - received) to this L2 norm
 
 # MetricRecord keys (client -> server).
 NUM_EXAMPLES = "num-examples"

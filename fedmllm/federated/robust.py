@@ -227,3 +227,65 @@ def bulyan(states: Sequence[State], num_malicious: int,
 
 
 __all__ = ["coordinate_median", "trimmed_mean", "krum_scores", "krum", "bulyan"]
+
+
+def _flat_delta(state: State, reference: State) -> np.ndarray:
+    """state - reference over every key as one float64 vector (keys in ``state``'s order)."""
+    return np.concatenate([(np.asarray(state[k], dtype=np.float64) - np.asarray(reference[k], dtype=np.float64)
+                            ).ravel() for k in state]) if state else np.zeros(0)
+
+
+def norm_bounded_mean(states: Sequence[State], weights: Sequence[float], global_state: State,
+                      max_norm: float) -> tuple[NDState, list[float]]:
+    """Norm bounding (Sun, Kairouz, Suresh, McMahan 2019, "Can You Really Backdoor Federated
+    Learning?", Sec. 3): every client's update is clipped to L2 norm M before the weighted mean,
+
+        w = w_g + sum_k p_k * d_k * min(1, M / ||d_k||),    d_k = w_k - w_g,
+
+    with ``max_norm`` M; M <= 0 uses the median of the round's update norms (an adaptive bound:
+    at most half the clients are clipped, so a few boosted updates cannot set it). Returns the
+    new state (keys of ``states``) and the update norms before clipping.
+    """
+    stacks = _stacked(states)
+    p = normalize_weights(weights, len(states))
+    deltas = [_flat_delta(s, global_state) for s in states]
+    norms = [float(np.linalg.norm(d)) for d in deltas]
+    bound = float(max_norm) if max_norm > 0 else float(np.median(norms))
+    scale = [min(1.0, bound / n) if n > 0 else 1.0 for n in norms]
+    out = {}
+    for k, x in stacks.items():
+        g = np.asarray(global_state[k], dtype=np.float64)
+        out[k] = g + sum(pk * sk * (x[i] - g) for i, (pk, sk) in enumerate(zip(p, scale)))
+    return _cast_like(out, states[0]), norms
+
+
+def fltrust(states: Sequence[State], global_state: State, reference: State) -> tuple[NDState, list[float]]:
+    """FLTrust (Cao, Fang, Liu, Gong 2021, "FLTrust: Byzantine-robust Federated Learning via Trust
+    Bootstrapping", NDSS, Alg. 1): with the server's own update g_0 on its small clean root set,
+
+        TS_i = ReLU(cos(g_i, g_0)),    g_i' = g_i * ||g_0|| / ||g_i||,
+        w = w_g + sum_i TS_i g_i' / sum_i TS_i,
+
+    updates g = w - w_g over every key as one vector. Unweighted by example counts (the paper's
+    trust scores replace them). When every trust score is 0 the global state is kept. Returns the
+    new state and the trust scores.
+    """
+    stacks = _stacked(states)
+    g0 = _flat_delta(reference, global_state) if reference else np.zeros(0)
+    n0 = float(np.linalg.norm(g0))
+    scores, factors = [], []
+    for s in states:
+        g = _flat_delta({k: s[k] for k in reference}, global_state)
+        ng = float(np.linalg.norm(g))
+        cos = float(g @ g0) / (ng * n0) if ng > 0 and n0 > 0 else 0.0
+        scores.append(max(0.0, cos))
+        factors.append(n0 / ng if ng > 0 else 0.0)
+    total = sum(scores)
+    out = {}
+    for k, x in stacks.items():
+        g = np.asarray(global_state[k], dtype=np.float64)
+        if total <= 0:
+            out[k] = g
+        else:
+            out[k] = g + sum(ts * f * (x[i] - g) for i, (ts, f) in enumerate(zip(scores, factors))) / total
+    return _cast_like(out, states[0]), scores

@@ -47,6 +47,21 @@ class Transport(Protocol):
         ...
 
 
+class SecureTransport(Transport, Protocol):
+    """A transport under secure aggregation (``secure = True``): the server learns only the
+    example-weighted mean of the clients' shared states, never one client's."""
+
+    secure: bool
+
+    def secure_exchange(self, server_round: int, payloads: dict[int, Payload],
+                        expected: dict[int, Any]) -> tuple[Optional[Reply], dict[int, str]]:
+        """Run one round's secure aggregation; return (the aggregate as one `Reply` with
+        ``partition_id = -1``, ``num_examples`` = the clients' total, ``arrays = {STATE: mean}``
+        and metrics holding ``num-clients``; or None when nothing could be aggregated, failures
+        by partition). ``expected`` is what `Algorithm.expected` says each client sends back."""
+        ...
+
+
 def sampling_seed(seed: int, server_round: int) -> int:
     """The seed of the ``random.Random`` that samples a round's clients."""
     return seed * 1_000_003 + server_round
@@ -87,12 +102,17 @@ class LoopSettings:
     client_ranks: Optional[list[int]] = None  # per-client LoRA ranks (None: the global rank)
     lora_scaling: Optional[float] = None  # s = alpha / r_g of a LoRA method (None: not LoRA)
     client_steps: Optional[list[int]] = None  # per-client local steps (None: local_steps)
+    client_extras: dict[int, dict[str, Any]] = field(default_factory=dict)  # attack / straggler keys
+    client_sizes: Optional[list[int]] = None  # each partition's training examples (reply check)
+    max_update_norm: float = 0.0  # reject replies whose update norm exceeds this (0: off)
 
     def client_config(self, client: int) -> dict[str, Any]:
-        """Per-client round values: local steps (budgets) and, if heterogeneous, the LoRA rank."""
+        """Per-client round values: local steps (budgets), the LoRA rank if heterogeneous, and
+        what the system asks of this client (an attack it plays, a straggler's slowdown)."""
         out: dict[str, Any] = {P.LOCAL_STEPS: self.client_steps[client] if self.client_steps else self.local_steps}
         if self.client_ranks:
             out[P.LORA_RANK] = self.client_ranks[client]
+        out.update(self.client_extras.get(client, {}))
         return out
 
     def lr(self, server_round: int) -> float:
@@ -141,9 +161,17 @@ class RoundLoop:
         config = {**s.common_config, P.SERVER_ROUND: server_round, P.LR: s.lr(server_round),
                   P.ALGORITHM: self.algo.name, P.SYSTEM: s.system}
         payloads = round_payloads(self.algo, server_round, state, clients, config, s.client_config)
-        raw, failures = self.transport.exchange(server_round, payloads)
-        crash_point(s.system, server_round, "train")
-        replies = validated_replies(self.algo, server_round, state, clients, raw, failures)
+        secure = getattr(self.transport, "secure", False)
+        if secure:  # the server sees only the aggregate (one `Reply`, metrics hold num-clients)
+            expected = {pid: self.algo.expected(server_round, pid, state) for pid in clients}
+            aggregate, failures = self.transport.secure_exchange(server_round, payloads, expected)
+            crash_point(s.system, server_round, "train")
+            replies = [aggregate] if aggregate is not None else []
+        else:
+            raw, failures = self.transport.exchange(server_round, payloads)
+            crash_point(s.system, server_round, "train")
+            replies = validated_replies(self.algo, server_round, state, clients, raw, failures,
+                                        sizes=s.client_sizes, max_update_norm=s.max_update_norm)
         for pid, reason in sorted(failures.items()):
             self.log({"event": "client_failed", "system": s.system, "round": server_round,
                       "client": pid, "error": reason})
@@ -162,8 +190,12 @@ class RoundLoop:
         down = sum(int(r.metrics.get(P.BYTES_IN, 0)) for r in replies)
         self.totals["bytes_up"] += up
         self.totals["bytes_down"] += down
-        self.log({"event": "round", "system": s.system, "round": server_round, "clients": len(replies),
-                  "failed": len(failures), "seconds": time.perf_counter() - t0, "end_time": time.time(),
+        late = sum(1 for reason in failures.values() if reason.startswith(TIMEOUT))
+        rejected = sum(1 for reason in failures.values() if reason.startswith(INVALID))
+        self.log({"event": "round", "system": s.system, "round": server_round,
+                  "clients": int(replies[0].metrics[P.NUM_CLIENTS]) if secure else len(replies),
+                  "failed": len(failures), "rejected": rejected, "stragglers": late,
+                  "seconds": time.perf_counter() - t0, "end_time": time.time(),
                   "bytes_down": down, "bytes_up": up, **self.algo.round_info(), **extra})
         if self.evaluate is not None:
             self.evaluate(server_round, new_state)
@@ -188,11 +220,19 @@ def round_payloads(algo: Algorithm, server_round: int, state: Arrays, clients: S
     return payloads
 
 
+TIMEOUT = "timeout"  # failure reasons of replies that came too late ...
+INVALID = "invalid reply"  # ... and of replies the check rejected
+
+
 def validated_replies(algo: Algorithm, server_round: int, state: Arrays, clients: Sequence[int],
-                      raw: dict[int, RawReply], failures: dict[int, str]) -> list[Reply]:
+                      raw: dict[int, RawReply], failures: dict[int, str], *,
+                      sizes: Optional[Sequence[int]] = None, max_update_norm: float = 0.0) -> list[Reply]:
     """The valid replies of ``clients`` in partition order (`protocol.validate_reply` against what
     ``algo`` expects from each); a missing, self-reported failed or malformed reply is added to
-    ``failures`` (partition -> reason) instead, so it never reaches an aggregate."""
+    ``failures`` (partition -> reason) instead, so it never reaches an aggregate. With ``sizes``
+    (each partition's training examples, known to the server) a reply claiming another example
+    count is rejected; with ``max_update_norm`` > 0 so is one whose update (reply state minus the
+    global state) is longer than that."""
     replies = []
     for pid in sorted(clients):
         if pid in failures:
@@ -203,8 +243,20 @@ def validated_replies(algo: Algorithm, server_round: int, state: Arrays, clients
             failures[pid] = "client reported failure"
         else:
             try:
-                replies.append(P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
-                                                algo.expected(server_round, pid, state), who=f"client {pid}"))
+                reply = P.validate_reply(pid, raw[pid].arrays, raw[pid].metrics,
+                                         algo.expected(server_round, pid, state), who=f"client {pid}")
+                if sizes is not None and reply.num_examples != sizes[pid]:
+                    raise P.ReplyError(f"client {pid} claims {reply.num_examples} examples, its partition "
+                                       f"has {sizes[pid]}")
+                if max_update_norm > 0:
+                    from fedmllm.federated.algorithms.base import STATE
+                    from fedmllm.federated.attacks.base import delta, norm
+
+                    length = norm(delta(reply.arrays[STATE], state))
+                    if length > max_update_norm:
+                        raise P.ReplyError(f"client {pid}'s update norm {length:.4g} exceeds "
+                                           f"federated.max_update_norm = {max_update_norm:g}")
+                replies.append(reply)
             except P.ReplyError as e:
-                failures[pid] = f"invalid reply: {e}"
+                failures[pid] = f"{INVALID}: {e}"
     return replies

@@ -102,6 +102,8 @@ class Algorithm:
             (``federated.client_ranks``); `client_rank` gives client k's.
         personalized: True when clients keep local keys, so each client's own model differs
             from the global one (evaluated on its local test split).
+        secure_aggregatable: True when `aggregate` needs only the weighted mean of the replies'
+            ``state`` (FedAvg, FedProx, FedIT, FFA-LoRA), so it runs under secure aggregation.
     """
 
     name: ClassVar[str] = ""
@@ -110,6 +112,8 @@ class Algorithm:
     handles_non_averageable: ClassVar[bool] = False
     heterogeneous_ranks: ClassVar[bool] = False  # clients may hold LoRA adapters of other ranks
     personalized: ClassVar[bool] = False  # clients keep part of their model (local keys)
+    secure_aggregatable: ClassVar[bool] = False  # aggregate = example-weighted mean of the replies'
+    # shared states and nothing else, so it can run on the sum secure aggregation reveals
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None, *, num_clients: int = 1):
         """``options`` are checked against `defaults` (unknown keys, types, NaN/Inf: `UserError`);

@@ -15,3 +15,4 @@ class FedAvg(Algorithm):
 
     name = "fedavg"
     description = "FedAvg, McMahan et al. 2017 Alg. 1"
+    secure_aggregatable = True

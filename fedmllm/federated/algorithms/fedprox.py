@@ -16,6 +16,7 @@ class FedProx(Algorithm):
 
     name = "fedprox"
     description = "FedProx, Li et al. 2020 Eq. 2"
+    secure_aggregatable = True
     defaults = {"proximal_mu": 0.01}
 
     def validate(self) -> None:

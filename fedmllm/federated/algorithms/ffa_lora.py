@@ -46,6 +46,7 @@ class FFALoRA(Algorithm):
 
     name = "ffa_lora"
     description = "FFA-LoRA, Sun et al. ICLR 2024 (A frozen at its seeded init; B <- sum_k p_k B_k, exact)"
+    secure_aggregatable = True
 
     def plan(self, client, shapes):
         """Server view: A frozen (never sent, never uploaded), everything else shared."""
