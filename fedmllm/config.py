@@ -94,6 +94,10 @@ class FederatedConfig:
     fail_clients: list = _f([], "fault injection: partition ids whose training raises every round")
     num_cpus_per_client: float = _f(1.0, "Ray CPUs per simulated client (actors = cores / this)")
     object_store_mb: int = _f(256, "Ray object store cap in MB")
+    ray_address: str = _f("", "Ray cluster to attach to (host:port or auto; its own settings apply). Empty: "
+                          "$RAY_ADDRESS if set, else a fresh local Ray listening on 127.0.0.1 only, with "
+                          "a private temp dir removed after the run; local: always that, ignoring "
+                          "$RAY_ADDRESS")
     backend: str = _f("ray", "simulation engine: ray (Flower's Ray backend) | inprocess (the same apps "
                       "and Flower messages in this process, no Ray: debugging, small runs)",
                       choices=("ray", "inprocess"))
@@ -114,6 +118,40 @@ class FederatedConfig:
     client_local_steps: list = _f([], "per-client local steps per round, one per client (empty: all local_steps)")
     eval_personalized: bool = _f(True, "score every client's own model on its local test split every "
                                  "eval_every rounds (required by personalized strategies)")
+    max_update_norm: float = _f(0.0, "reject a reply whose update (trained minus global state) has an L2 norm "
+                                "above this (0 = off; NaN/Inf values and wrong example counts are always rejected)")
+    round_timeout_s: float = _f(0.0, "aggregate the replies that arrived within this many seconds of a round's "
+                                "start, the late ones count as failed (0 = wait for every client)")
+    straggler_fraction: float = _f(0.0, "fraction of clients (chosen reproducibly from the seed) that are stragglers")
+    straggler_slowdown: float = _f(1.0, "a straggler's round takes this many times its compute time (simulated: "
+                                   "it sleeps the difference before replying)")
+    secagg: bool = _f(False, "secure aggregation through Flower's SecAgg+: the server sees only the sum of the "
+                      "clients' updates (FedAvg-family strategies; per-client measures off)")
+
+
+@dataclass
+class AttackConfig:
+    names: list = _f([], "attacks: every strategy also runs with attackers, as system '<strategy>+<attack>' "
+                     "(sign_flip, scale, gaussian, label_flip, backdoor; `fedmllm config` lists them)")
+    clean: bool = _f(True, "also run every strategy without attackers (its clean reference)")
+    fraction: float = _f(0.2, "fraction of clients that are malicious, chosen reproducibly from the seed")
+    options: dict = _f({}, "per-attack options, e.g. [attack.options.scale] factor = 10")
+
+
+@dataclass
+class PrivacyConfig:
+    mode: str = _f("off", "user-level differential privacy: off | server-fixed | client-fixed | server-adaptive | "
+                   "client-adaptive (who clips the update; adaptive = clipping norm follows a quantile, "
+                   "Andrew et al. 2021)",
+                   choices=("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"))
+    noise_multipliers: list = _f([1.0], "noise multipliers z (noise std = z x clipping norm); one system per "
+                                 "value, named '<strategy>+dp<z>'")
+    clipping_norm: float = _f(1.0, "L2 bound of each client's update (the initial bound when adaptive)")
+    delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee the accountant reports")
+    target_quantile: float = _f(0.5, "adaptive: fraction of updates the clipping norm should leave unclipped")
+    clip_lr: float = _f(0.2, "adaptive: geometric learning rate of the clipping norm")
+    clipped_count_stddev: float = _f(0.0, "adaptive: noise std of the unclipped count (0: clients per round / 20, "
+                                     "as Andrew et al. 2021 recommend)")
 
 
 @dataclass
@@ -137,6 +175,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     methods: dict = _f({}, "per-method options, e.g. [methods.lora] r = 8; a method table may set lr")
     strategy_options: dict = _f({}, "per-strategy options, e.g. [strategy_options.fedprox] proximal_mu = 0.01")
@@ -259,7 +299,8 @@ def validate(cfg: Config) -> None:
     check_names(cfg.tracking)
     for key, values in (("data.downstream", cfg.data.downstream), ("data.upstream", cfg.data.upstream),
                         ("centralized.models", cfg.centralized.models), ("centralized.methods", cfg.centralized.methods),
-                        ("federated.strategies", fed.strategies), ("tracking", cfg.tracking)):
+                        ("federated.strategies", fed.strategies), ("tracking", cfg.tracking),
+                        ("attack.names", cfg.attack.names)):
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
             raise UserError(f"{key} lists {', '.join(map(str, dup))} more than once")
@@ -269,6 +310,7 @@ def validate(cfg: Config) -> None:
     for b in fed.baselines:
         if b not in ("pooled", "local"):
             raise UserError(f"unknown baseline {b!r}; valid: pooled, local")
+    _check_trust(cfg)
     for name, table in cfg.methods.items():
         if not isinstance(table, dict):
             raise UserError(f"[methods.{name}] must be a table of options")
@@ -276,6 +318,45 @@ def validate(cfg: Config) -> None:
             lr = check_type("config key", f"methods.{name}.lr", table["lr"], float)
             if lr <= 0:
                 raise UserError(f"methods.{name}.lr must be > 0, got {table['lr']!r}")
+
+
+def _check_trust(cfg: Config) -> None:
+    """Ranges of the robustness, privacy and straggler options (names are checked against their
+    registries in `simulations.federated.check_federated`)."""
+    fed, atk, dp = cfg.federated, cfg.attack, cfg.privacy
+    for key, value, lo, hi in (("federated.straggler_fraction", fed.straggler_fraction, 0.0, 1.0),
+                               ("attack.fraction", atk.fraction, 0.0, 1.0),
+                               ("privacy.target_quantile", dp.target_quantile, 0.0, 1.0)):
+        if not lo <= value <= hi:
+            raise UserError(f"config key {key!r} must be in [{lo:g}, {hi:g}], got {value}")
+    for key, value in (("federated.max_update_norm", fed.max_update_norm),
+                       ("federated.round_timeout_s", fed.round_timeout_s),
+                       ("privacy.clipped_count_stddev", dp.clipped_count_stddev)):
+        if value < 0:
+            raise UserError(f"config key {key!r} must be >= 0, got {value}")
+    if fed.straggler_slowdown < 1:
+        raise UserError(f"config key 'federated.straggler_slowdown' must be >= 1 (a factor on the compute "
+                        f"time), got {fed.straggler_slowdown}")
+    if fed.lr_decay <= 0:
+        raise UserError(f"config key 'federated.lr_decay' must be > 0 (the lr is multiplied by it every "
+                        f"round), got {fed.lr_decay}")
+    for key, value in (("privacy.clipping_norm", dp.clipping_norm), ("privacy.clip_lr", dp.clip_lr)):
+        if value <= 0:
+            raise UserError(f"config key {key!r} must be > 0, got {value}")
+    if not 0 < dp.delta < 1:
+        raise UserError(f"config key 'privacy.delta' must be in (0, 1), got {dp.delta}")
+    if dp.mode != "off" and not dp.noise_multipliers:
+        raise UserError("privacy.noise_multipliers is empty: give at least one noise multiplier (0 = clipping only)")
+    for z in dp.noise_multipliers:
+        z = check_type("config key", "privacy.noise_multipliers", z, float)
+        if z < 0:
+            raise UserError(f"privacy.noise_multipliers must be >= 0, got {z}")
+    if len(set(map(float, dp.noise_multipliers))) != len(dp.noise_multipliers):
+        raise UserError(f"privacy.noise_multipliers lists a value more than once: {dp.noise_multipliers}")
+    if not atk.clean and not atk.names:
+        raise UserError("attack.clean = false needs attack.names: otherwise no strategy would run")
+    if not isinstance(atk.options, dict) or any(not isinstance(v, dict) for v in atk.options.values()):
+        raise UserError("[attack.options] must hold one table per attack, e.g. [attack.options.scale] factor = 10")
 
 
 def method_options(cfg: Config, method: str) -> tuple[dict, float]:

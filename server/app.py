@@ -48,15 +48,19 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     from server.strategy import GridTransport
 
     with RunDir(Path(run_dir), cfg) as run:  # closes the live trackers (tb/, mlruns/) at the end
-        exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log))
+        exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log,
+                                                          round_timeout=cfg.federated.round_timeout_s))
         if cfg.federated.instrument:
             from fedmllm.federated.algorithms import ALGORITHMS
             from fedmllm.federated.tuned import rank_scaling
 
             factors = exp.server.method.lora_factors(exp.server.initial_state())
             scaling = rank_scaling(cfg)[1]
-            exp.observer = lambda system: Instrument(system, run.log, factors, scaling,
-                                                     personalized=ALGORITHMS.get(system).personalized)
+            from fedmllm.federated.systems import system_spec
+
+            exp.observer = lambda system: Instrument(
+                system, run.log, factors, scaling,
+                personalized=ALGORITHMS.get(system_spec(cfg, system).strategy).personalized)
         return exp.run_all()
 
 

@@ -2,9 +2,10 @@
 (or, with ``federated.backend = "inprocess"``, the same apps and messages in this process).
 
 One Ray actor per CPU (``federated.num_cpus_per_client``), one torch thread per actor, the Ray
-object store capped, Ray's temp files under the system temp dir. All strategies and baselines of
-the config run inside one simulation (Ray starts once). ``--resume DIR`` continues a killed run
-from its last complete round (`fedmllm.federated.experiment`).
+object store capped; a local Ray listens on 127.0.0.1 only, its files in a private temp dir removed
+after the run (`simulations.ray_backend`; ``federated.ray_address`` attaches to a cluster instead).
+All strategies and baselines of the config run inside one simulation (Ray starts once).
+``--resume DIR`` continues a killed run from its last complete round (`fedmllm.federated.experiment`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def check_federated(cfg: Config) -> None:
     PARTITIONERS.get(fed.partitioner)
     if fed.alpha <= 0:
         raise UserError(f"federated.alpha must be > 0 (Dirichlet concentration), got {fed.alpha}")
+    if fed.ray_address and fed.backend != "ray":
+        raise UserError(f"federated.ray_address = {fed.ray_address!r} needs federated.backend = \"ray\" "
+                        f"(got {fed.backend!r}); clear ray_address or switch the backend")
     method = METHODS.get(fed.method)
     if not fed.strategies:
         raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
@@ -44,6 +48,7 @@ def check_federated(cfg: Config) -> None:
         if not method.averageable and not ALGORITHMS.get(name).handles_non_averageable:
             raise UserError(f"strategy {name!r} cannot aggregate the state of method {fed.method!r} "
                             "(its state is not averageable); choose another method or strategy")
+    check_trust(cfg)
     bad = [c for c in fed.fail_clients if not 0 <= int(c) < fed.num_clients]
     if bad:
         raise UserError(f"federated.fail_clients {bad} are not partition ids 0..{fed.num_clients - 1}")
@@ -60,17 +65,24 @@ def check_federated(cfg: Config) -> None:
                         "set federated.eval_personalized = true, its global model alone is not the result")
 
 
-def backend_config(cfg: Config) -> dict:
-    fed = cfg.federated
-    temp = Path(tempfile.gettempdir()) / f"fedmllm_ray_{os.getuid()}"
-    return {
-        "client_resources": {"num_cpus": fed.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {
-            "object_store_memory": fed.object_store_mb * 1024 * 1024,
-            "_temp_dir": str(temp),
-            "include_dashboard": False,
-        },
-    }
+def check_trust(cfg: Config) -> None:
+    """Attacks, privacy and robust rules of a config, before any compute: attack names and
+    options, a DP wrapper for every strategy (refused where the rule leaks per-client state)."""
+    from fedmllm.federated.algorithms import build_algorithm
+    from fedmllm.federated.attacks import ATTACKS, build_attack
+
+    for name in cfg.attack.names:
+        build_attack(name, cfg.attack.options.get(name, {}))
+    unknown = sorted(set(cfg.attack.options) - set(ATTACKS.names()))
+    if unknown:
+        raise UserError(f"[attack.options] names unknown attack(s) {', '.join(unknown)}; valid: {', '.join(ATTACKS.names())}")
+    if cfg.privacy.mode != "off":
+        from fedmllm.federated.privacy import private
+
+        for name in cfg.federated.strategies:
+            for z in cfg.privacy.noise_multipliers:
+                private(build_algorithm(name, dict(cfg.strategy_options.get(name, {})),
+                                        num_clients=cfg.federated.num_clients), cfg, float(z))
 
 
 def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
@@ -97,8 +109,11 @@ def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = F
     else:
         from flwr.simulation import run_simulation
 
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=cfg.federated.num_clients, backend_config=backend_config(cfg))
+        from simulations.ray_backend import ray_session
+
+        with ray_session(cfg) as backend:  # loopback-only local Ray, or the cluster of ray_address
+            run_simulation(server_app=server_app, client_app=client_app,
+                           num_supernodes=cfg.federated.num_clients, backend_config=backend)
     if errors:
         err = errors[0]
         if isinstance(err, UserError):
