@@ -3,21 +3,37 @@
 The client never switches on the strategy's name: the train message names the algorithm, whose
 client half (looked up in the registry) prepares the hooks and the reply from the payload. The
 client builds its own data slice: it reads its ``partition-id`` from ``context.node_config`` and the
-experiment (config + saved partition) from the run directory the message names (in a deployment,
-``node_config["fedmllm-experiment"]`` overrides it); the message carries round values only. Local
-state (SCAFFOLD's c_i, personal keys) is kept in the run directory's client store (simulation) or,
-without one, in memory. The base model is built once per process (Ray actor) and cached.
+experiment (config + saved partition) from the run directory the message names; the message carries
+round values only. Local state (SCAFFOLD's c_i, personal keys) is kept in the run directory's client
+store (simulation) or, without one, in memory. The base model is built once per process (Ray actor)
+and cached. Under ``federated.secagg`` a round's train messages are Flower's SecAgg+ stages, handed
+to Flower's ``secaggplus_mod`` (clients/secagg.py), which calls this train handler for the training.
+
+The node checks every train and evaluate message before it loads anything
+(`fedmllm.federated.node_policy`) and answers a refused one with an error reply naming the reason.
+Always: the experiment directory is a federated fedmllm run directory whose config.toml hashes to
+the message's experiment id, and the message's client store lies inside it. Node settings (Flower
+``node_config``, e.g. ``flower-supernode --node-config "partition-id=0 fedmllm-experiment='/runs/a'"``):
+
+- ``fedmllm-experiment``: the only experiment directory served; a message naming another is refused.
+- ``fedmllm-state-dir``: the node's own client store (the message's is not used).
+- ``fedmllm-models``: comma-separated models the node may build (names, hub ids, local folders).
+- ``fedmllm-data-root``: the folder that every local data source of the config must lie in.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
+from clients.secagg import is_secagg_stage, secagg_train
 from fedmllm.federated import protocol as P
 from fedmllm.federated.client import ClientStore, client_runtime
+from fedmllm.federated.node_policy import InstructionRefusedError, NodePolicy
 from server.records import array_bytes, decode_payload, encode_groups
 
 app = ClientApp()
@@ -39,16 +55,31 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def _node(msg: Message, context: Context):
-    """(payload, runtime, partition id, client store) of an instruction to this node."""
+    """(payload, runtime, partition id, client store) of an instruction this node accepts."""
     payload = decode_payload(msg.content)
     config = payload.config
-    experiment_dir = str(context.node_config.get("fedmllm-experiment", config[P.EXPERIMENT_DIR]))
-    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]))
-    store = _store(str(context.node_config.get("fedmllm-state-dir", config.get(P.CLIENT_STORE, ""))))
+    policy = NodePolicy.from_node_config(context.node_config)
+    experiment_dir = policy.experiment_dir(config.get(P.EXPERIMENT_DIR))
+    store_root = policy.client_store(str(config.get(P.CLIENT_STORE, "")), experiment_dir)
+    runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]), accept=policy.check_config)
+    store = _store(store_root)
     return payload, runtime, int(context.node_config["partition-id"]), store
 
 
+def _refusing(handler):
+    """``handler``, answering an instruction the node refuses with an error reply (the reason, no traceback)."""
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except InstructionRefusedError as e:
+            reason = f"{type(e).__name__}: {e}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    return wrapped
+
+
 @app.evaluate()
+@_refusing
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's own model (global shared part + its local part after the message's
     round) on its local test split; reply ``score/<task>`` and ``count/<task>`` metrics."""
@@ -63,8 +94,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@_refusing
 def train(msg: Message, context: Context) -> Message:
     """One round of local training of this node's partition; reply with what the algorithm asks."""
+    if is_secagg_stage(msg):  # federated.secagg: Flower's SecAgg+ mod, which calls back in here
+        return secagg_train(msg, context, train)
     t0 = time.perf_counter()
     payload, runtime, partition_id, store = _node(msg, context)
     server_round, system = int(payload.config[P.SERVER_ROUND]), str(payload.config[P.SYSTEM])

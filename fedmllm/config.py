@@ -127,6 +127,18 @@ class FederatedConfig:
                                    "it sleeps the difference before replying)")
     secagg: bool = _f(False, "secure aggregation through Flower's SecAgg+: the server sees only the sum of the "
                       "clients' updates (FedAvg-family strategies; per-client measures off)")
+    secagg_num_shares: float = _f(1.0, "SecAgg+: fraction of the round's clients each client secret-shares its "
+                                  "keys with, itself included (1 = all: SecAgg's complete graph; Flower makes "
+                                  "a partial count odd)")
+    secagg_reconstruction_threshold: float = _f(0.67, "SecAgg+: fraction of those shares that rebuilds a secret "
+                                                "(at least 2): higher resists more colluding clients, lower "
+                                                "tolerates more dropouts")
+    secagg_clipping_range: float = _f(8.0, "SecAgg+: each weighted state value (n / max_weight) x must lie in "
+                                      "[-c, c] (a client refuses to send one outside: it would be clipped)")
+    secagg_quantization_range: int = _f(4194304, "SecAgg+: values are quantized to integers 0..T, a step of "
+                                        "2 c / T (T = 2**22; clients per round x T must stay below 2**32)")
+    secagg_max_weight: float = _f(0.0, "SecAgg+: the largest example count a client may weigh in with; weights "
+                                  "are n / max_weight, so a tight value keeps precision (0 = the largest partition)")
 
 
 @dataclass
@@ -357,6 +369,19 @@ def _check_trust(cfg: Config) -> None:
         raise UserError("attack.clean = false needs attack.names: otherwise no strategy would run")
     if not isinstance(atk.options, dict) or any(not isinstance(v, dict) for v in atk.options.values()):
         raise UserError("[attack.options] must hold one table per attack, e.g. [attack.options.scale] factor = 10")
+    for key, value in (("federated.secagg_num_shares", fed.secagg_num_shares),
+                       ("federated.secagg_reconstruction_threshold", fed.secagg_reconstruction_threshold)):
+        if not 0 < value <= 1:
+            raise UserError(f"config key {key!r} must be in (0, 1] (a fraction), got {value}")
+    if fed.secagg_clipping_range <= 0:
+        raise UserError(f"config key 'federated.secagg_clipping_range' must be > 0, got {fed.secagg_clipping_range}")
+    if fed.secagg_max_weight < 0:
+        raise UserError(f"config key 'federated.secagg_max_weight' must be >= 0 (0 = the largest partition), "
+                        f"got {fed.secagg_max_weight}")
+    per_round = (fed.clients_per_round or fed.num_clients) if fed.secagg else 1
+    if not 1 < fed.secagg_quantization_range < 2 ** 32 // per_round:  # the sum of K values 0..T wraps at 2**32
+        raise UserError(f"config key 'federated.secagg_quantization_range' must be in (1, 2**32 / clients per "
+                        f"round = {2 ** 32 // per_round}) (Flower's mask modulus), got {fed.secagg_quantization_range}")
 
 
 def method_options(cfg: Config, method: str) -> tuple[dict, float]:

@@ -50,7 +50,16 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     with RunDir(Path(run_dir), cfg) as run:  # closes the live trackers (tb/, mlruns/) at the end
         exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log,
                                                           round_timeout=cfg.federated.round_timeout_s))
-        if cfg.federated.instrument:
+        if cfg.federated.secagg:  # the server learns only each round's weighted mean (server/secagg.py)
+            from server.secagg import SecAggTransport
+
+            exp.transport = SecAggTransport.from_config(grid, cfg, sizes=exp.partition.sizes(), log=run.log)
+        if cfg.federated.instrument and cfg.federated.secagg:
+            why = ("federated.instrument is off under federated.secagg: the server sees only the aggregate, "
+                   "no client's update to measure drift on")
+            print(why, flush=True)
+            run.log({"event": "notice", "message": why})
+        elif cfg.federated.instrument:
             from fedmllm.federated.algorithms import ALGORITHMS
             from fedmllm.federated.tuned import rank_scaling
 

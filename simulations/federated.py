@@ -49,6 +49,7 @@ def check_federated(cfg: Config) -> None:
             raise UserError(f"strategy {name!r} cannot aggregate the state of method {fed.method!r} "
                             "(its state is not averageable); choose another method or strategy")
     check_trust(cfg)
+    check_secagg(cfg)
     bad = [c for c in fed.fail_clients if not 0 <= int(c) < fed.num_clients]
     if bad:
         raise UserError(f"federated.fail_clients {bad} are not partition ids 0..{fed.num_clients - 1}")
@@ -84,6 +85,30 @@ def check_trust(cfg: Config) -> None:
                 private(build_algorithm(name, dict(cfg.strategy_options.get(name, {})),
                                         num_clients=cfg.federated.num_clients), cfg, float(z))
 
+
+def check_secagg(cfg: Config) -> None:
+    """Under ``federated.secagg`` the server sees only the sum of the clients' states: refuse what
+    needs one client's update (a strategy beyond the weighted mean, the update-norm check, DP that
+    clips or adapts on the server)."""
+    from fedmllm.federated.algorithms import ALGORITHMS
+
+    fed = cfg.federated
+    if not fed.secagg:
+        return
+    valid = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).secure_aggregatable]
+    for name in fed.strategies:
+        if not ALGORITHMS.get(name).secure_aggregatable:
+            raise UserError(f"strategy {name!r} needs each client's update, federated.secagg reveals only their "
+                            f"weighted mean; valid with secagg: {', '.join(valid)}")
+    if fed.max_update_norm > 0:
+        raise UserError("federated.max_update_norm must be 0 with federated.secagg (a masked update has no "
+                        "norm the server can check); valid: 0")
+    if cfg.privacy.mode not in ("off", "client-fixed"):
+        raise UserError(f"privacy.mode {cfg.privacy.mode!r} needs each client's update on the server, "
+                        "federated.secagg hides it; valid with secagg: off, client-fixed")
+    if (fed.clients_per_round or fed.num_clients) < 2:
+        raise UserError("federated.secagg needs at least 2 clients per round (a sum of one is that client's "
+                        "update); raise federated.num_clients or clients_per_round")
 
 def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
     """Validate (unless the caller already ran `check_federated`), create (or resume) the run

@@ -548,6 +548,17 @@ CONTRACT: dict[str, dict] = {
 }
 
 
+def with_reference(algo):
+    """A rule that needs the server's reference update (FLTrust) gets a fixed one: the global
+    state moved by a seeded direction (what a server's root-set training would supply)."""
+    if getattr(algo, "needs_reference", False):
+        def reference(server_round, state):
+            rng = np.random.default_rng(server_round)
+            return {k: (v + 0.01 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in state.items()}
+        algo.reference = reference
+    return algo
+
+
 def initial_state(shapes=CONTRACT_SHAPES) -> Arrays:
     rng = np.random.default_rng(7)
     return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
@@ -651,7 +662,7 @@ def run_loop(name, root, options=None, *, shapes=CONTRACT_SHAPES, crash_in_round
     """One run of our RoundLoop under ``root`` (checkpoints and client store there); returns
     (final state, events, loop, algorithm, clients)."""
     options = CONTRACT.get(name, {}) if options is None else options
-    algo = build_algorithm(name, options, num_clients=len(COUNTS))
+    algo = with_reference(build_algorithm(name, options, num_clients=len(COUNTS)))
     clients = FakeClients(ClientStore(root / "clients"), initial_state(shapes))
     events: list[dict] = []
     loop = RoundLoop(algo, LocalTransport(clients, crash_in_round), loop_settings(**(settings or {})),
@@ -676,7 +687,7 @@ def flower_start(name, root, shapes=CONTRACT_SHAPES, options=None):
     the same fake clients (their own client store)."""
     s = loop_settings()
     options = CONTRACT.get(name, {}) if options is None else options
-    algo = build_algorithm(name, options, num_clients=len(COUNTS))
+    algo = with_reference(build_algorithm(name, options, num_clients=len(COUNTS)))
     clients = FakeClients(ClientStore(root / "flower-clients"), initial_state(shapes))
     strategy = AlgorithmStrategy(algo, seed=s.seed, round_config=lambda r: {
         P.LR: s.lr(r), P.LOCAL_STEPS: s.local_steps, P.SYSTEM: s.system})

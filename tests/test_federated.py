@@ -55,11 +55,13 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def experiment_dir(cfg, root: Path) -> Path:
-    """What the server writes before round 1 and clients read: config.toml and partition.json."""
+    """What the server writes before round 1 and clients read: config.toml, meta.json (clients
+    serve federated run directories only) and partition.json."""
     from fedmllm.runs import atomic_write
 
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(root / "config.toml", dumps(cfg))
+    write_json(root / "meta.json", {"kind": "federated"})
     data = ExperimentData.load(cfg, parts=("train",))
     write_json(root / "partition.json", build_partition(cfg, data).to_json())
     return root

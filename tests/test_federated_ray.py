@@ -5,20 +5,31 @@ also `fedmllm/runs.py`) and that the Ray run computes what the sequential refere
 then partial participation (reproducible sampling) with fault injection (a client that raises
 every round) within the tolerated failure fraction. Each simulation starts
 and stops its own Ray (Flower's backend calls ``ray.shutdown``); the fixture makes sure none is
-left behind if a run dies.
+left behind if a run dies. While the first and the last run train (Ray not yet imported / imported
+before), a background thread reads the listening sockets of every process the run started: all
+must be bound to loopback, and the run's Ray temp dir must be its own and gone afterwards
+(`simulations.ray_backend`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
+import threading
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from fedmllm.config import load_config
+from fedmllm.errors import UserError
 from fedmllm.federated.rounds import sampled_partitions
 from fedmllm.federated.sequential import run_sequential_fedavg
-from simulations.federated import run_federated
+from simulations.federated import check_federated, run_federated
+from simulations.ray_backend import SINGLE_MACHINE_ENV, backend_config, ray_session
 
 TINY = ["model.name=tiny-vila", "model.pretrained=false", "data.train_n=8", "data.test_n=4",
         "data.upstream_n=4", "train.batch_size=4", "eval.batch_size=32", "federated.num_clients=2",
@@ -34,6 +45,105 @@ def no_ray_left():
     if ray.is_initialized():
         ray.shutdown()
         pytest.fail("a Ray runtime was left running after the simulation")
+
+
+class ListeningSockets:
+    """The listening TCP sockets of the processes started while the block runs: this process's
+    descendants (GCS, raylet, agents, workers) and this process's own new ones (the driver's core
+    worker), polled by a background thread; plus the Ray temp dirs named on their command lines."""
+
+    TEMP = re.compile(r"(/[^\s=]*/fedmllm_ray_[^/\s]+)/")
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self._stop = interval, threading.Event()
+        self.seen: dict[tuple[str, int], str] = {}  # (ip, port) -> process name
+        self.temp_dirs: set[str] = set()
+
+    @staticmethod
+    def _listening(proc: psutil.Process) -> set[tuple[str, int]]:
+        return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN}
+
+    def poll(self) -> None:
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                name, cmdline, listening = proc.name(), " ".join(proc.cmdline()), self._listening(proc)
+            except psutil.Error:
+                continue  # exited (or became a zombie) between listing and reading
+            self.temp_dirs.update(self.TEMP.findall(cmdline + " "))
+            for addr in listening - self._before:
+                self.seen.setdefault(addr, name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ListeningSockets":
+        self._before = self._listening(psutil.Process())
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or IPv4-mapped loopback (::ffff:127.0.0.1, how gRPC's dual-stack
+    sockets show an IPv4 loopback bind); 0.0.0.0, :: and interface addresses are not."""
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def assert_ray_stayed_on_loopback(sockets: ListeningSockets) -> None:
+    """Every socket the run's Ray listened on is loopback; its temp dir was its own and is gone."""
+    names = set(sockets.seen.values())  # the check saw the run's Ray, it is not vacuous
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), sockets.seen
+    assert not {a: n for a, n in sockets.seen.items() if not is_loopback(a[0])}, sockets.seen
+    (temp,) = sockets.temp_dirs  # one private temp dir for the run, removed after it
+    assert Path(temp).name.startswith("fedmllm_ray_") and not Path(temp).exists()
+
+
+def test_loopback_is_what_counts_as_loopback():
+    assert all(map(is_loopback, ["127.0.0.1", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:192.0.2.2", "fd00::2"]))
+
+
+def test_a_local_ray_gets_loopback_and_a_private_temp_dir_an_address_only_attaches(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = backend_config(load_config(None, TINY), "/tmp/x")["init_args"]
+    assert local == {"address": "local", "_node_ip_address": "127.0.0.1", "_temp_dir": "/tmp/x",
+                     "object_store_memory": 256 * 1024 * 1024, "include_dashboard": False}
+    attach = load_config(None, [*TINY, "federated.ray_address=10.0.0.5:6379"])
+    assert backend_config(attach)["init_args"] == {"address": "10.0.0.5:6379"}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6379")  # honoured when ray_address is empty ...
+    assert backend_config(load_config(None, TINY))["init_args"] == {"address": "10.0.0.6:6379"}
+    # ... and ignored with ray_address = "local"
+    assert backend_config(load_config(None, [*TINY, "federated.ray_address=local"]), "/tmp/x")["init_args"] == local
+    with pytest.raises(UserError, match='needs federated.backend = "ray"'):
+        check_federated(load_config(None, [*TINY, "federated.backend=inprocess", "federated.ray_address=auto"]))
+
+
+def test_each_ray_session_has_its_own_temp_dir_removed_also_on_failure(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(SINGLE_MACHINE_ENV, raising=False)
+    cfg = load_config(None, TINY)
+    seen = []
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="run died"):
+            with ray_session(cfg) as backend:
+                temp = Path(backend["init_args"]["_temp_dir"])
+                seen.append(temp.parent)
+                assert temp.parent.name.startswith("fedmllm_ray_") and temp.parent.stat().st_mode & 0o777 == 0o700
+                assert len(str(temp)) + len("/session_2026-12-02_01-15-38_780548_4194304/sockets/plasma_store") < 108
+                assert os.environ[SINGLE_MACHINE_ENV] == "0"
+                raise RuntimeError("run died")
+        assert not seen[-1].exists() and SINGLE_MACHINE_ENV not in os.environ
+    assert seen[0] != seen[1]
 
 
 def events_of(run) -> list[dict]:
@@ -60,7 +170,9 @@ def load_adapter(path):
 def test_ray_run_writes_the_run_directory_and_matches_the_reference(tmp_path):
     cfg = load_config(None, [*TINY, 'federated.strategies=["fedavg", "scaffold"]',
                              'federated.baselines=["pooled"]'])
-    run = run_federated(cfg, str(tmp_path / "run"))
+    with ListeningSockets() as sockets:
+        run = run_federated(cfg, str(tmp_path / "run"))
+    assert_ray_stayed_on_loopback(sockets)
     for name in ("config.toml", "meta.json", "metrics.jsonl", "results.json", "results.csv",
                  "report.md", "partition.json", "zeroshot.json"):
         assert (run / name).is_file(), name
@@ -120,7 +232,11 @@ def test_ray_run_with_heterogeneous_ranks(tmp_path):
     aggregates both clients, replies carry each client's rank, adapters load in peft."""
     cfg = load_config(None, [*TINY, 'federated.strategies=["flora", "flexlora", "hetlora"]',
                              "federated.baselines=[]", "federated.client_ranks=[4, 8]"])
-    run = run_federated(cfg, str(tmp_path / "run"))
+    import ray  # noqa: F401 - imported before the run: Ray's switch is set in this process too
+
+    with ListeningSockets() as sockets:
+        run = run_federated(cfg, str(tmp_path / "run"))
+    assert_ray_stayed_on_loopback(sockets)
     events = events_of(run)
     rounds = [e for e in events if e["event"] == "round"]
     assert [(e["system"], e["clients"], e["failed"]) for e in rounds] == [

@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from fedmllm.federated.aggregate import contiguous
 from fedmllm.federated.algorithms import ALGORITHMS, LocalResult, Payload
 from fedmllm.federated.algorithms.base import GLOBAL, STATE, Groups, as_arrays, as_tensors
 from fedmllm.federated.lora import is_residual
+from fedmllm.federated.node_policy import InstructionRefusedError
 
 _RUNTIMES: dict[str, "ClientRuntime"] = {}
 
@@ -214,9 +215,12 @@ class ClientRuntime:
         return build_attack(str(name), options_from_config(config))
 
 
-def client_runtime(experiment_dir: str | Path, experiment_id: str) -> ClientRuntime:
+def client_runtime(experiment_dir: str | Path, experiment_id: str,
+                   accept: Optional[Callable[[Config], None]] = None) -> ClientRuntime:
     """The process-wide cached runtime of an experiment, built from its run directory's
-    ``config.toml`` and ``partition.json`` (one per Ray actor; a new experiment frees the old)."""
+    ``config.toml`` and ``partition.json`` (one per Ray actor; a new experiment frees the old).
+    ``accept`` (a node's `NodePolicy.check_config`) sees the config on every call, before
+    anything is built from it, and raises to refuse it."""
     if experiment_id not in _RUNTIMES:
         from fedmllm.config import config_from_toml, dumps
         from fedmllm.data.partition import Partition
@@ -224,12 +228,16 @@ def client_runtime(experiment_dir: str | Path, experiment_id: str) -> ClientRunt
         root = Path(experiment_dir)
         cfg = config_from_toml((root / "config.toml").read_text())
         if config_key(dumps(cfg)) != experiment_id:
-            raise RuntimeError(f"{root}/config.toml is not experiment {experiment_id}")
+            raise InstructionRefusedError(f"{root}/config.toml is not experiment {experiment_id}")
+        if accept is not None:
+            accept(cfg)
         partition = Partition.from_json((root / "partition.json").read_text())
         tests = root / "partition_test.json"
         test_partition = Partition.from_json(tests.read_text()) if tests.is_file() else None
         _RUNTIMES.clear()  # one experiment per process at a time: free the previous model
         _RUNTIMES[experiment_id] = ClientRuntime(cfg, partition, test_partition=test_partition)
+    elif accept is not None:
+        accept(_RUNTIMES[experiment_id].cfg)
     return _RUNTIMES[experiment_id]
 
 

@@ -55,10 +55,13 @@ def strategy_systems(cfg: Config) -> list[SystemSpec]:
 
 
 def system_spec(cfg: Config, name: str) -> SystemSpec:
-    """The spec of strategy system ``name`` (a `UserError` for a name the config does not run)."""
+    """The spec of strategy system ``name``; a bare strategy name the config does not list is
+    that strategy, clean (e.g. a loop run outside the config's grid); a `UserError` otherwise."""
     for spec in strategy_systems(cfg):
         if spec.name == name:
             return spec
+    if "+" not in name:
+        return SystemSpec(name, name)
     raise UserError(f"system {name!r} is not one of this experiment's strategy systems: "
                     f"{', '.join(s.name for s in strategy_systems(cfg))}")
 

@@ -282,6 +282,9 @@ def build_federated_report(run_dir: Path) -> Path:
     if systems:
         parts += ["## Ranking\n", ranking_table(systems, rounds), "",
                   SHORT_DEFINITIONS, ""]
+    from fedmllm.report.trust import trust_sections
+
+    parts += trust_sections(run_dir, systems, events)
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:
         parts.append(f"**Client failures:** {len(failures)} (see `metrics.jsonl`, event `client_failed`).\n")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plt_figure(width: float, height: float):
+def plt_figure(width: float, height: float, ncols: int = 1):
+    """(figure, axes): one axes, or an array of ``ncols`` side by side."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(1, ncols, figsize=(width, height))
 
 
 def save_figure(fig, path: Path) -> None:
