@@ -96,7 +96,8 @@ def run(cfg, root: Path, partition, secure: bool) -> dict:
     per_round = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(wire, wire[1:])]  # rounds 2..R
     timed = events[1:]
     return {"seconds": statistics.median(e["seconds"] for e in timed),
-            "wire_down": statistics.median(d for d, _ in per_round), "wire_up": statistics.median(u for _, u in per_round),
+            "wire_down": statistics.median(d for d, _ in per_round),
+            "wire_up": statistics.median(u for _, u in per_round),
             "record_down": statistics.median(e["bytes_down"] for e in timed),
             "record_up": statistics.median(e["bytes_up"] for e in timed), "states": states}
 
@@ -137,11 +138,13 @@ def main() -> None:
         "seconds_ratio": secure["seconds"] / plain["seconds"],
         "bytes_ratio": (secure["wire_down"] + secure["wire_up"]) / (plain["wire_down"] + plain["wire_up"]),
         "bytes_down_ratio": wire["wire_down"], "bytes_up_ratio": wire["wire_up"],
-        "record_bytes_ratio": (secure["record_down"] + secure["record_up"]) / (plain["record_down"] + plain["record_up"]),
+        "record_bytes_ratio": (secure["record_down"] + secure["record_up"])
+        / (plain["record_down"] + plain["record_up"]),
         "seconds_per_round": {"plain": plain["seconds"], "secagg": secure["seconds"]},
         "wire_bytes_per_round": {"plain": plain["wire_down"] + plain["wire_up"],
                                  "secagg": secure["wire_down"] + secure["wire_up"]},
-        "extra_seconds_per_round": secure["seconds"] - plain["seconds"], "clients": args.clients, "rounds_timed": args.rounds - 1, "max_state_diff_by_round": diffs}))
+        "extra_seconds_per_round": secure["seconds"] - plain["seconds"], "clients": args.clients,
+        "rounds_timed": args.rounds - 1, "max_state_diff_by_round": diffs}))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ to Flower's ``secaggplus_mod`` unchanged (key generation, secret sharing, maskin
 all Flower's). In the collect-masked-vectors stage the mod calls `_masked_reply`, which runs our
 normal train handler on the message minus that record (exactly the payload GridTransport sends) and
 puts the reply in the legacy ``FitRes`` layout the mod quantizes and masks: the shared state as a
-list of flat float64 arrays in sorted key order (`_flat64`), the weight (``num_examples``; 1 under user-level DP, whose mean
-is uniform, `fedmllm.federated.privacy`), the train metrics. An honest client refuses
-(raises, i.e. drops out of the round) rather than send what the sum would silently corrupt: another
-state than it received, non-finite values, more examples than ``max_weight``, values beyond the
-clipping range. Flower's stochastic rounding draws from numpy's global RNG: it is seeded from
-(experiment, system, round, partition), so a resumed run rounds alike, and restored afterwards.
+list of flat float64 arrays in sorted key order (`_flat64`), the weight (``num_examples``; 1 under
+user-level DP, whose mean is uniform, `fedmllm.federated.privacy`), the train metrics. An honest
+client refuses (raises, i.e. drops out of the round) rather than send what the sum would silently
+corrupt: another state than it received, non-finite values, more examples than ``max_weight``,
+values beyond the clipping range. Flower's stochastic rounding draws from numpy's global RNG: it
+is seeded from (experiment, system, round, partition), so a resumed run rounds alike, and restored
+afterwards.
 """
 
 from __future__ import annotations

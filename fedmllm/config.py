@@ -200,6 +200,11 @@ _POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_siz
 _NON_NEGATIVE = {"train.steps", "train.epochs", "train.weight_decay", "train.max_grad_norm",
                  "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n",
                  "federated.baseline_checkpoint_every"}
+# Upper bounds: what one host can hold (a typo such as 10**9 would be killed for memory or hang).
+_AT_MOST = {"data.train_n": 10**6, "data.test_n": 10**6, "data.upstream_n": 10**6, "federated.upstream_n": 10**6,
+            "federated.num_clients": 10_000, "train.grad_accum": 1024}
+SEED_LIMIT = 2**32  # numpy's legacy seeding takes [0, 2**32); torch takes more
+RAY_MIN_OBJECT_STORE_MB = 75  # ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES
 
 
 def _check_type(key: str, value: Any, typ: Any) -> Any:
@@ -250,11 +255,17 @@ def _parse_value(raw: str) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides (TOML values; bare words are strings) to a nested dict."""
+    seen: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        for other, given in seen.items():  # the same key, or a table and a key inside it
+            if other == key or other.startswith(f"{key}.") or key.startswith(f"{other}."):
+                raise UserError(f"override {key!r} is given twice ({given!r} and {item!r}); give each key once")
+        seen[key] = item
+        parts = key.split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -272,9 +283,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise UserError(f"config file not found: {p} (configs live under configs/)")
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}): save it as UTF-8 TOML") from None
+        except OSError as e:
+            raise UserError(f"config file {p} cannot be read: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"config file {p} is not valid TOML: {e}") from None
+        if not data:  # a truncated or wrong file would otherwise silently run the defaults
+            raise UserError(f"config file {p} holds no settings (empty or only comments); give a config "
+                            "from configs/, or omit --config for the command's default")
     data = apply_overrides(data, overrides or [])
     cfg = _build(Config, data)
     validate(cfg)
@@ -294,18 +312,34 @@ def validate(cfg: Config) -> None:
     for key in _POSITIVE | _NON_NEGATIVE:
         section, name = key.split(".")
         value = flat[section][name]
-        if key in _POSITIVE and value <= 0:
+        if key in _POSITIVE and not value > 0:  # `not >`: a NaN fails too
             raise UserError(f"config key {key!r} must be > 0, got {value}")
-        if key in _NON_NEGATIVE and value < 0:
+        if key in _NON_NEGATIVE and not value >= 0:
             raise UserError(f"config key {key!r} must be >= 0, got {value}")
-    if cfg.train.steps == 0 and cfg.train.epochs <= 0:
-        raise UserError("set train.steps > 0 or train.epochs > 0")
+    for key, bound in _AT_MOST.items():
+        section, name = key.split(".")
+        if flat[section][name] > bound:
+            raise UserError(f"config key {key!r} must be <= {bound:,}, got {flat[section][name]:,}")
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise UserError(f"config key 'seed' must be in [0, 2**32) (the numpy/torch seed range), got {cfg.seed}")
+    if not cfg.train.warmup_ratio < 1:
+        raise UserError(f"config key 'train.warmup_ratio' must be in [0, 1) (a fraction of the steps), "
+                        f"got {cfg.train.warmup_ratio}")
+    if cfg.train.steps == 0 and cfg.train.epochs < 1:
+        raise UserError(f"set train.steps > 0, or train.epochs >= 1 with train.steps = 0 (got epochs "
+                        f"{cfg.train.epochs})")
     fed = cfg.federated
     if fed.clients_per_round > fed.num_clients:
         raise UserError(f"federated.clients_per_round ({fed.clients_per_round}) exceeds "
                         f"federated.num_clients ({fed.num_clients})")
     if not 0 <= fed.max_failure_fraction < 1:
         raise UserError("federated.max_failure_fraction must be in [0, 1)")
+    if not fed.num_cpus_per_client > 0:
+        raise UserError(f"config key 'federated.num_cpus_per_client' must be > 0 (Ray CPUs per client; "
+                        f"fractions share a core), got {fed.num_cpus_per_client}")
+    if fed.object_store_mb < RAY_MIN_OBJECT_STORE_MB:
+        raise UserError(f"config key 'federated.object_store_mb' must be >= {RAY_MIN_OBJECT_STORE_MB} "
+                        f"(Ray's minimum object store), got {fed.object_store_mb}")
     from fedmllm.tracking import check_names
 
     check_names(cfg.tracking)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from fedmllm.config import Config, method_options
 from fedmllm.data.record import Sample
-from fedmllm.data.suite import check_tasks, load_task
+from fedmllm.data.suite import check_request, check_tasks, load_task
 from fedmllm.errors import UserError
 
 TEST_SEED_OFFSET = 1  # test sets are drawn with seed + 1 so they never overlap training draws
@@ -51,18 +51,32 @@ class ExperimentData:
 
 
 def check_data(cfg: Config) -> None:
-    """Unknown task names or roles fail before any compute."""
-    if not cfg.data.downstream:
+    """Unknown task names or roles, sources and sample counts that cannot load fail before any
+    compute (and before the run directory exists)."""
+    d = cfg.data
+    if not d.downstream:
         raise UserError("data.downstream is empty: name at least one downstream task")
-    check_tasks(cfg.data.downstream, "downstream")
-    check_tasks(cfg.data.upstream, "upstream")
+    check_tasks(d.downstream, "downstream")
+    check_tasks(d.upstream, "upstream")
+    check_tasks(list(d.sources))
+    for name, source in d.sources.items():
+        if not isinstance(source, str) or not source:
+            raise UserError(f"data.sources.{name} must be a hub id or a folder path (a string), got {source!r}")
+    for name in d.downstream:
+        check_request(name, "train", d.train_n, d, "data.train_n")
+        check_request(name, "test", d.test_n, d, "data.test_n")
+    for name in d.upstream:
+        check_request(name, "test", d.upstream_n, d, "data.upstream_n")
 
 
 def check_methods(model: nn.Module, cfg: Config, methods: list[str]) -> None:
     """Every method exists and its options fit the model (e.g. top_layers k ≤ layers), checked
     on a throwaway copy before any compute."""
-    from fedmllm.methods import apply_method
+    from fedmllm.methods import METHODS, apply_method
 
+    for name in cfg.methods:  # a misspelt [methods.<name>] table would be ignored
+        if name not in METHODS:
+            raise UserError(f"[methods.{name}]: {METHODS.unknown_message(name)}")
     for name in methods:
         options, _ = method_options(cfg, name)
         apply_method(copy.deepcopy(model), name, options)

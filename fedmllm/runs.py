@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,30 +81,31 @@ class RunDir:
         """Create ``out`` for a new run, or reopen it for ``resume`` (config must match)."""
         from fedmllm.tracking import check_available
 
-        path = Path(out)
+        path = check_run_dir(out, resume)
         cfg_file = path / "config.toml"
         check_available(cfg.tracking)  # a missing tracker package fails before anything is created
         if resume:
-            if not cfg_file.is_file():
-                raise UserError(f"cannot resume {path}: no config.toml there (not a fedmllm run directory)")
             old = load_config(cfg_file)
             changed = diff(old, cfg)
             if changed:
                 raise UserError(f"cannot resume {path}: its config differs in {', '.join(changed)}; "
                                 "use the same config or a new --out")
-            meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
+            meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
             if meta.get("kind", kind) != kind:
                 raise UserError(f"cannot resume {path}: it is a {meta.get('kind')!r} run, not {kind!r}")
             return cls(path, cfg, resumed=True)
-        if path.exists() and any(path.iterdir()):
-            raise UserError(f"run directory {path} already exists and is not empty; "
-                            f"pass --resume {path} to continue it or choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write(cfg_file, dumps(cfg))
-        write_json(path / "meta.json", {
-            "kind": kind, "seed": cfg.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
-        })
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write(cfg_file, dumps(cfg))
+            write_json(path / "meta.json", {
+                "kind": kind, "seed": cfg.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
+            })
+        except OSError as e:
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise UserError(f"cannot write run directory {path}: {e.strerror or e}") from None
         return cls(path, cfg)
 
     def log(self, event: dict) -> None:
@@ -150,6 +152,51 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json(self.path / name, obj)
+
+
+def check_run_dir(out: str | Path, resume: bool = False) -> Path:
+    """``out`` as a `Path` if it can become a new run directory (absent or empty, inside a
+    writable folder) or, with ``resume``, holds a run; else a `UserError`. Creates nothing."""
+    path = Path(out)
+    if resume:
+        if not (path / "config.toml").is_file():
+            raise UserError(f"cannot resume {path}: no config.toml there (not a fedmllm run directory)")
+        return path
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"run directory {path} already exists and is not empty; "
+                        f"pass --resume {path} to continue it or choose another --out")
+    check_writable(path)
+    return path
+
+
+def check_writable(path: str | Path) -> None:
+    """A `UserError` unless files can be written in the folder ``path`` (which may not exist
+    yet: its nearest existing ancestor must be a writable folder). Leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory; choose another --out")
+    parent = path.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
+    try:  # os.access says yes to root on a read-only mount: try it
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".fedmllm-write-test-"))
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot create a folder in {parent} ({e.strerror or e}); "
+                        "choose another --out") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON object in ``path``; a missing, unreadable or corrupt file is a `UserError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e})") from None
 
 
 def read_events(path: str | Path) -> Iterator[dict]:

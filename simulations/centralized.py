@@ -15,7 +15,8 @@ from pathlib import Path
 from fedmllm.config import Config, method_options
 from fedmllm.experiment import ExperimentData, check_data, check_methods, derive_seed, fresh_copy, score
 from fedmllm.metrics.efo import efo, forgetting_summary, task_metrics
-from fedmllm.runs import RunDir, write_json
+from fedmllm.errors import UserError
+from fedmllm.runs import RunDir, check_run_dir, write_json
 
 
 def _cell_file(run: RunDir, model: str, method: str, task: str) -> Path:
@@ -74,18 +75,22 @@ def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
     """Run (or resume) the grid; writes results.json / results.csv / report.md / plots."""
     from fedmllm.models import build_model
 
+    check_run_dir(out, resume)
     check_data(cfg)
+    for key in ("models", "methods"):
+        if not getattr(cfg.centralized, key):
+            raise UserError(f"centralized.{key} is empty: the grid would have no cells; name at least one")
     bundles = {m: build_model(m, pretrained=cfg.model.pretrained, seed=cfg.seed) for m in cfg.centralized.models}
     for bundle in bundles.values():
         check_methods(bundle.model, cfg, cfg.centralized.methods)
+    data = ExperimentData.load(cfg)  # a dataset that cannot load fails before the run directory exists
     with RunDir.create(out, cfg, "centralized", resume=resume) as run:  # closes the live trackers
-        return _run_grid(run, cfg, bundles)
+        return _run_grid(run, cfg, bundles, data)
 
 
-def _run_grid(run: RunDir, cfg: Config, bundles: dict) -> Path:
+def _run_grid(run: RunDir, cfg: Config, bundles: dict, data: ExperimentData) -> Path:
     from fedmllm.report import build_reports
 
-    data = ExperimentData.load(cfg)
     tasks = cfg.centralized.tasks or cfg.data.downstream
     cells = [(m, meth, t) for m in cfg.centralized.models for meth in cfg.centralized.methods for t in tasks]
     print(f"centralized grid: {len(cells)} cells -> {run.path}", flush=True)

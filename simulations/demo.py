@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fedmllm.config import Config
-from fedmllm.runs import RunDir
+from fedmllm.runs import RunDir, check_run_dir
 
 
 def run_demo(cfg: Config, out: str) -> Path:
@@ -15,6 +15,7 @@ def run_demo(cfg: Config, out: str) -> Path:
     from simulations.centralized import run_centralized
     from simulations.federated import check_federated, run_federated
 
+    check_run_dir(out)
     check_federated(cfg)  # both halves are validated before any compute
     run = RunDir.create(out, cfg, "demo")
     t0 = time.perf_counter()

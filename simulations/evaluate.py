@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fedmllm.config import Config
-from fedmllm.data.suite import check_tasks, load_task
+from fedmllm.config import SEED_LIMIT, Config
+from fedmllm.data.suite import check_request, check_tasks, load_task
+from fedmllm.errors import UserError
 from fedmllm.experiment import TEST_SEED_OFFSET
-from fedmllm.runs import write_json
+from fedmllm.runs import check_writable, write_json
+
+MAX_N = 10**6  # test samples per task, as config key data.test_n
 
 
 def run_eval(cfg: Config, model: str, tasks: list[str], n: int, batch_size: int, seed: int, out: str) -> dict:
@@ -16,10 +19,18 @@ def run_eval(cfg: Config, model: str, tasks: list[str], n: int, batch_size: int,
     from fedmllm.models import build_model
 
     if not tasks:
-        from fedmllm.errors import UserError
-
         raise UserError("--tasks is empty; name at least one task (fedmllm list shows them)")
+    for flag, value, lo, hi in (("--n", n, 1, MAX_N), ("--batch-size", batch_size, 1, MAX_N),
+                                ("--seed", seed, 0, SEED_LIMIT - 1)):
+        if not lo <= value <= hi:
+            raise UserError(f"{flag} must be in [{lo}, {hi:,}], got {value:,}")
+    path = Path(out) / "scores.json"
+    if path.exists():
+        raise UserError(f"{path} already exists; choose another --out (eval never overwrites scores)")
+    check_writable(out)
     check_tasks(tasks)
+    for t in tasks:
+        check_request(t, "test", n, cfg.data, "--n")
     bundle = build_model(model, pretrained=cfg.model.pretrained, seed=seed)
     sets = {t: load_task(t, "test", n, seed + TEST_SEED_OFFSET, cfg.data) for t in tasks}
     t0 = time.perf_counter()
@@ -33,7 +44,6 @@ def run_eval(cfg: Config, model: str, tasks: list[str], n: int, batch_size: int,
           f"   ({seconds:.1f} s)")
     result = {"model": model, "n": n, "seed": seed, "seconds": round(seconds, 2),
               "scores": {t: {"metric": s.metric, "score": s.score, "n": s.n, "sub": s.scores} for t, s in scores.items()}}
-    path = Path(out) / "scores.json"
     write_json(path, result)
     print(f"wrote {path}")
     return result

@@ -17,7 +17,7 @@ from pathlib import Path
 from fedmllm.config import Config, method_options
 from fedmllm.errors import UserError
 from fedmllm.experiment import check_data, check_methods
-from fedmllm.runs import RunDir
+from fedmllm.runs import RunDir, check_run_dir
 
 
 def check_federated(cfg: Config) -> None:
@@ -35,9 +35,13 @@ def check_federated(cfg: Config) -> None:
     if fed.ray_address and fed.backend != "ray":
         raise UserError(f"federated.ray_address = {fed.ray_address!r} needs federated.backend = \"ray\" "
                         f"(got {fed.backend!r}); clear ray_address or switch the backend")
+    check_resources(cfg)
     method = METHODS.get(fed.method)
     if not fed.strategies:
         raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
+    unknown = sorted(set(cfg.strategy_options) - set(ALGORITHMS.names()))
+    if unknown:
+        raise UserError(f"[strategy_options.{unknown[0]}] names no strategy; valid: {', '.join(ALGORITHMS.names())}")
     for name in fed.strategies:
         algo = build_algorithm(name, dict(cfg.strategy_options.get(name, {})), num_clients=fed.num_clients)
         per_round = fed.clients_per_round or fed.num_clients
@@ -50,7 +54,8 @@ def check_federated(cfg: Config) -> None:
                             "(its state is not averageable); choose another method or strategy")
     check_trust(cfg)
     check_secagg(cfg)
-    bad = [c for c in fed.fail_clients if not 0 <= int(c) < fed.num_clients]
+    bad = [c for c in fed.fail_clients
+           if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < fed.num_clients]
     if bad:
         raise UserError(f"federated.fail_clients {bad} are not partition ids 0..{fed.num_clients - 1}")
     method_options(cfg, fed.method)
@@ -64,6 +69,24 @@ def check_federated(cfg: Config) -> None:
     if personal and not fed.eval_personalized:
         raise UserError(f"strategy {personal[0]!r} is personalized (clients keep part of their model): "
                         "set federated.eval_personalized = true, its global model alone is not the result")
+
+
+def check_resources(cfg: Config) -> None:
+    """The Ray options against this host, for a local Ray (a cluster at ray_address has its own)."""
+    fed = cfg.federated
+    if fed.backend != "ray" or fed.ray_address:
+        return
+    cores = os.cpu_count() or 1
+    if fed.num_cpus_per_client > cores:
+        raise UserError(f"federated.num_cpus_per_client = {fed.num_cpus_per_client} exceeds this machine's "
+                        f"{cores} CPUs; valid: > 0 and <= {cores}")
+    try:
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):  # not POSIX: Ray checks it itself
+        return
+    if fed.object_store_mb > total_mb:
+        raise UserError(f"federated.object_store_mb = {fed.object_store_mb} exceeds this machine's memory "
+                        f"({total_mb} MB); valid: 75..{total_mb}")
 
 
 def check_trust(cfg: Config) -> None:
@@ -117,6 +140,7 @@ def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = F
     from fedmllm.federated.experiment import resolve_strategy_options
     from server.app import make_server_app
 
+    check_run_dir(out, resume)
     if not checked:
         check_federated(cfg)
     cfg = resolve_strategy_options(cfg)
