@@ -1,16 +1,22 @@
 """Batched vs one-by-one greedy generation on tiny-llava-ov (one torch thread).
 
-Generates answers for the same synthetic samples at batch 32 and at batch 1, checks that the
-answers agree, and prints as its last line one JSON object:
-``{"batch": 32, "batched_s": ..., "one_by_one_s": ..., "speedup": ..., "target": 5.0}``.
+Generates answers for the same synthetic samples at batch 32 and at batch 1, ``--repeats`` times
+interleaved (batched, one-by-one, batched, ...), checks that the answers agree, and prints as its
+last line one JSON object: ``{"batch": 32, "batched_s": ..., "one_by_one_s": ..., "speedup": ...,
+"speedup_cpu": ..., "target": 5.0, ...}``. Times are medians over the repeats; ``speedup`` is the
+ratio of wall times, ``speedup_cpu`` that of this process's CPU times (`time.process_time`; one
+torch thread), which a shared machine's load moves much less; ``load_avg`` is the 1-minute load
+average after each repeat.
 
-Usage: ``python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 16]``
+Usage: ``python benchmarks/eval_throughput.py [--n 128] [--max-new-tokens 16] [--repeats 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import time
 
 import torch
@@ -35,16 +41,18 @@ def _samples(n: int) -> list:
     return pool[:n]
 
 
-def _timed(model, processor, samples, batch_size: int, max_new_tokens: int) -> tuple[list[str], float]:
-    start = time.perf_counter()
+def _timed(model, processor, samples, batch_size: int, max_new_tokens: int) -> tuple[list[str], float, float]:
+    """(answers, wall seconds, CPU seconds of this process)."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = generate(model, processor, samples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128, help="number of samples")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     try:
@@ -58,15 +66,26 @@ def main() -> None:
           f"max_new_tokens={args.max_new_tokens}", flush=True)
     model, processor = bundle.model, bundle.processor
     _timed(model, processor, samples[:BATCH], BATCH, args.max_new_tokens)  # warm-up
-    batched, batched_s = _timed(model, processor, samples, BATCH, args.max_new_tokens)
-    print(f"batch {BATCH}: {batched_s:.2f} s", flush=True)
-    single, single_s = _timed(model, processor, samples, 1, args.max_new_tokens)
-    print(f"batch 1: {single_s:.2f} s", flush=True)
-    mismatches = [i for i, (a, b) in enumerate(zip(batched, single)) if a != b]
-    assert not mismatches, f"batched and one-by-one answers differ at {mismatches[:10]}"
+    times: dict[str, list[float]] = {"batched": [], "batched_cpu": [], "single": [], "single_cpu": []}
+    loads = []
+    for rep in range(args.repeats):
+        answers = {}
+        for key, batch_size in (("batched", BATCH), ("single", 1)):
+            answers[key], wall, cpu = _timed(model, processor, samples, batch_size, args.max_new_tokens)
+            times[key].append(wall)
+            times[f"{key}_cpu"].append(cpu)
+        batched, single = answers["batched"], answers["single"]
+        loads.append(round(os.getloadavg()[0], 2))
+        print(f"repeat {rep + 1}: batch {BATCH} {times['batched'][-1]:.2f} s (cpu {times['batched_cpu'][-1]:.2f}), "
+              f"batch 1 {times['single'][-1]:.2f} s (cpu {times['single_cpu'][-1]:.2f})", flush=True)
+        mismatches = [i for i, (a, b) in enumerate(zip(batched, single)) if a != b]
+        assert not mismatches, f"batched and one-by-one answers differ at {mismatches[:10]}"
     print(f"answers agree on all {len(samples)} samples; e.g. {batched[0]!r}", flush=True)
-    print(json.dumps({"batch": BATCH, "batched_s": round(batched_s, 3), "one_by_one_s": round(single_s, 3),
-                      "speedup": round(single_s / batched_s, 2), "target": TARGET}))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps({"batch": BATCH, "batched_s": round(med["batched"], 3), "one_by_one_s": round(med["single"], 3),
+                      "speedup": round(med["single"] / med["batched"], 2),
+                      "speedup_cpu": round(med["single_cpu"] / med["batched_cpu"], 2),
+                      "repeats": args.repeats, "load_avg": loads, "target": TARGET}))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from flwr.common.constant import ErrorCode
 from clients.secagg import is_secagg_stage, secagg_train
 from fedmllm.federated import protocol as P
 from fedmllm.federated.client import ClientStore, client_runtime
-from fedmllm.federated.node_policy import InstructionRefusedError, NodePolicy
+from fedmllm.federated.node_policy import InstructionRefusedError, NodePolicy, partition_id
 from server.records import array_bytes, decode_payload, encode_groups
 
 app = ClientApp()
@@ -46,14 +46,6 @@ def _store(root: str) -> ClientStore:
     return _STORES[root]
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """This node's partition id: the server addresses clients by partition (node ids are random
-    in every simulation)."""
-    metrics = MetricRecord({P.PARTITION_ID: int(context.node_config["partition-id"])})
-    return Message(content=RecordDict({P.METRICS: metrics}), reply_to=msg)
-
-
 def _node(msg: Message, context: Context):
     """(payload, runtime, partition id, client store) of an instruction this node accepts."""
     payload = decode_payload(msg.content)
@@ -63,7 +55,7 @@ def _node(msg: Message, context: Context):
     store_root = policy.client_store(str(config.get(P.CLIENT_STORE, "")), experiment_dir)
     runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]), accept=policy.check_config)
     store = _store(store_root)
-    return payload, runtime, int(context.node_config["partition-id"]), store
+    return payload, runtime, partition_id(context.node_config), store
 
 
 def _refusing(handler):
@@ -76,6 +68,15 @@ def _refusing(handler):
             reason = f"{type(e).__name__}: {e}"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
     return wrapped
+
+
+@app.query()
+@_refusing
+def query(msg: Message, context: Context) -> Message:
+    """This node's partition id: the server addresses clients by partition (node ids are random
+    in every simulation); a node without one answers with an error naming the fix."""
+    metrics = MetricRecord({P.PARTITION_ID: partition_id(context.node_config)})
+    return Message(content=RecordDict({P.METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()

@@ -60,6 +60,9 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     precision: str = _f("auto", "auto (bf16 on CUDA, else fp32) | fp32 | bf16", choices=("auto", "fp32", "bf16"))
+    device: str = _f("auto", "where training and evaluation run: auto (CUDA when torch sees a GPU; a Ray client "
+                     "sees one only when federated.num_gpus_per_client > 0) | cpu | cuda",
+                     choices=("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -93,6 +96,8 @@ class FederatedConfig:
     lr_decay: float = _f(1.0, "multiply the client lr by this each round")
     fail_clients: list = _f([], "fault injection: partition ids whose training raises every round")
     num_cpus_per_client: float = _f(1.0, "Ray CPUs per simulated client (actors = cores / this)")
+    num_gpus_per_client: float = _f(0.0, "Ray GPUs per simulated client, fractions share one (0.25: four clients "
+                                    "per GPU; 0 = clients see no GPU); needs CUDA on the machine")
     object_store_mb: int = _f(256, "Ray object store cap in MB")
     ray_address: str = _f("", "Ray cluster to attach to (host:port or auto; its own settings apply). Empty: "
                           "$RAY_ADDRESS if set, else a fresh local Ray listening on 127.0.0.1 only, with "
@@ -178,6 +183,10 @@ class PretrainConfig:
 @dataclass
 class Config:
     seed: int = _f(0, "base seed; every client/round seed is derived from it")
+    threads: int = _f(1, "torch intra-op threads of this process: centralized cells, baselines, evaluation "
+                      "(Ray clients always use 1); 0 = torch's default (one per core). 1 by default: on "
+                      "these small models a second thread gains nothing alone and collapses under a "
+                      "competing job (benchmarks/contention.py)")
     tracking: list = _f(["tensorboard"], "live trackers every event is also logged to: tensorboard "
                         "(event files in <run>/tb/), mlflow (local file store <run>/mlruns, the mlflow "
                         "extra); [] = off (metrics.jsonl is always written)")
@@ -196,10 +205,11 @@ class Config:
 
 _POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_size", "data.test_n",
              "data.upstream_n", "federated.num_clients", "federated.rounds", "federated.local_steps",
-             "federated.alpha", "federated.eval_every", "federated.upstream_every", "federated.save_every"}
+             "federated.alpha", "federated.eval_every", "federated.upstream_every", "federated.save_every",
+             "pretrain.vision_warmup_lr"}
 _NON_NEGATIVE = {"train.steps", "train.epochs", "train.weight_decay", "train.max_grad_norm",
                  "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n",
-                 "federated.baseline_checkpoint_every"}
+                 "federated.baseline_checkpoint_every", "federated.num_gpus_per_client", "pretrain.vision_warmup_steps"}
 # Upper bounds: what one host can hold (a typo such as 10**9 would be killed for memory or hang).
 _AT_MOST = {"data.train_n": 10**6, "data.test_n": 10**6, "data.upstream_n": 10**6, "federated.upstream_n": 10**6,
             "federated.num_clients": 10_000, "train.grad_accum": 1024}
@@ -255,17 +265,11 @@ def _parse_value(raw: str) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides (TOML values; bare words are strings) to a nested dict."""
-    seen: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        for other, given in seen.items():  # the same key, or a table and a key inside it
-            if other == key or other.startswith(f"{key}.") or key.startswith(f"{other}."):
-                raise UserError(f"override {key!r} is given twice ({given!r} and {item!r}); give each key once")
-        seen[key] = item
-        parts = key.split(".")
+        parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -275,11 +279,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def check_unique_overrides(overrides: list[str]) -> None:
+    """Refuse a key given twice on the command line (``train.lr=1 train.lr=2``), or a table and a
+    key inside it; `apply_overrides` itself lets a later override win (code builds on that)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for other, given in seen.items():
+            if other == key or other.startswith(f"{key}.") or key.startswith(f"{other}."):
+                raise UserError(f"override {key!r} is given twice ({given!r} and {item!r}); give each key once")
+        seen[key] = item
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a TOML config (or defaults), apply overrides, validate, return a `Config`."""
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UserError(f"config file {p} is a folder; give a TOML file (configs live under configs/)")
         if not p.is_file():
             raise UserError(f"config file not found: {p} (configs live under configs/)")
         try:
@@ -328,6 +346,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.steps == 0 and cfg.train.epochs < 1:
         raise UserError(f"set train.steps > 0, or train.epochs >= 1 with train.steps = 0 (got epochs "
                         f"{cfg.train.epochs})")
+    for name, steps in cfg.pretrain.steps.items():  # names are checked against the model registry in pretrain
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"pretrain.steps.{name} must be an int >= 1, got {steps!r}")
     fed = cfg.federated
     if fed.clients_per_round > fed.num_clients:
         raise UserError(f"federated.clients_per_round ({fed.clients_per_round}) exceeds "
@@ -469,4 +490,4 @@ def describe() -> str:
 
 
 __all__ = ["Config", "load_config", "config_from_toml", "apply_overrides", "validate", "dumps", "diff", "describe",
-           "method_options"]
+           "method_options", "check_unique_overrides"]

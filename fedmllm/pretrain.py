@@ -157,11 +157,20 @@ def model_card_markdown(card: dict) -> str:
 
 def run_pretrain(cfg: Config, out: str | None = None) -> list[dict]:
     """Pretrain every model in ``pretrain.models`` into ``out`` (default: the package assets)."""
+    from fedmllm.experiment import use_threads
+
+    use_threads(cfg)
     from fedmllm.models import MODELS
 
-    for name in cfg.pretrain.models:
-        MODELS.get(name)  # unknown names fail before any compute
+    from fedmllm.data.suite import check_request
+    from fedmllm.runs import check_writable
+
+    for name in [*cfg.pretrain.models, *cfg.pretrain.steps]:
+        MODELS.get(name)  # unknown names, counts and folders fail before any compute
+    for task in cfg.data.upstream:
+        check_request(task, "train", cfg.data.train_n, cfg.data, "data.train_n")
     root = Path(out or cfg.pretrain.out or ASSETS)
+    check_writable(root)
     cards = []
     for name in cfg.pretrain.models:
         tmp = root / f".{name}.partial"

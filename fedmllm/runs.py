@@ -53,6 +53,33 @@ def _git_sha() -> str:
         return "unknown"
 
 
+def hardware() -> dict[str, Any]:
+    """What the run ran on: CPU model, cores, memory, GPUs and this process's torch threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        out["memory_gb"] = round(pages * size / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads()
+        out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+            if torch.cuda.is_available() else []
+    except Exception:  # noqa: BLE001 - hardware facts are best effort, never a reason to fail
+        pass
+    return out
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -81,18 +108,10 @@ class RunDir:
         """Create ``out`` for a new run, or reopen it for ``resume`` (config must match)."""
         from fedmllm.tracking import check_available
 
-        path = check_run_dir(out, resume)
+        path = check_run_dir(out, resume, cfg, kind)
         cfg_file = path / "config.toml"
         check_available(cfg.tracking)  # a missing tracker package fails before anything is created
         if resume:
-            old = load_config(cfg_file)
-            changed = diff(old, cfg)
-            if changed:
-                raise UserError(f"cannot resume {path}: its config differs in {', '.join(changed)}; "
-                                "use the same config or a new --out")
-            meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
-            if meta.get("kind", kind) != kind:
-                raise UserError(f"cannot resume {path}: it is a {meta.get('kind')!r} run, not {kind!r}")
             return cls(path, cfg, resumed=True)
         created = not path.exists()
         try:
@@ -101,6 +120,7 @@ class RunDir:
             write_json(path / "meta.json", {
                 "kind": kind, "seed": cfg.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
+                "hardware": hardware(),
             })
         except OSError as e:
             if created:
@@ -154,13 +174,23 @@ class RunDir:
         write_json(self.path / name, obj)
 
 
-def check_run_dir(out: str | Path, resume: bool = False) -> Path:
+def check_run_dir(out: str | Path, resume: bool = False, cfg: Config | None = None,
+                  kind: str | None = None) -> Path:
     """``out`` as a `Path` if it can become a new run directory (absent or empty, inside a
-    writable folder) or, with ``resume``, holds a run; else a `UserError`. Creates nothing."""
+    writable folder) or, with ``resume``, holds a run (of ``kind``, with config ``cfg`` where
+    given); else a `UserError`. Creates nothing."""
     path = Path(out)
     if resume:
         if not (path / "config.toml").is_file():
             raise UserError(f"cannot resume {path}: no config.toml there (not a fedmllm run directory)")
+        if cfg is not None:
+            changed = diff(load_config(path / "config.toml"), cfg)
+            if changed:
+                raise UserError(f"cannot resume {path}: its config differs in {', '.join(changed)}; "
+                                "use the same config or a new --out")
+        meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
+        if kind is not None and isinstance(meta, dict) and meta.get("kind", kind) != kind:
+            raise UserError(f"cannot resume {path}: it is a {meta.get('kind')!r} run, not {kind!r}")
         return path
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file, not a directory; choose another --out")

@@ -2,32 +2,22 @@
 
 ``fedmllm federated`` builds the app with the experiment's config and run directory
 (`make_server_app`) and runs it on Flower's Ray simulation backend (or in process). ``flwr run .``
-loads the module-level ``app``, which reads ``config`` (a TOML path), ``out`` and ``overrides``
-from the run config (``[tool.flwr.app.config]`` in pyproject.toml or ``--run-config``).
+loads the module-level ``app``, which reads the experiment from the run config
+(``[tool.flwr.app.config]`` in pyproject.toml or ``--run-config``; `server.run_config`), waits for
+the federation's SuperNodes and checks their partition ids (`server.federation`) before round 1.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmllm.config import Config, load_config
-
-
-def _from_run_config(run_config: dict) -> tuple[Config, Path]:
-    from fedmllm.federated.experiment import resolve_strategy_options
-    from fedmllm.runs import RunDir
-
-    path = str(run_config.get("config", "configs/federated/embedded.toml"))
-    overrides = str(run_config.get("overrides", "")).split()
-    cfg = resolve_strategy_options(load_config(path, overrides))
-    out = Path(str(run_config.get("out", "")) or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    resume = (out / "config.toml").is_file()
-    return cfg, RunDir.create(out, cfg, "federated", resume=resume).path
+from fedmllm.config import Config
+from fedmllm.errors import UserError
+from server.run_config import ERROR_MARK
 
 
 # Flower's InMemoryGrid (the simulation's) sleeps 0.1 s between polls for replies: up to 0.1 s idle
@@ -40,16 +30,20 @@ def _poll_faster(grid: Grid) -> None:
         grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_S)
 
 
-def run_experiment(grid: Grid, cfg: Config, run_dir: Path) -> dict:
-    """Everything the ServerApp does: every system of the experiment over ``grid``."""
+def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = False) -> dict:
+    """Everything the ServerApp does: every system of the experiment over ``grid``
+    (``await_nodes``: first wait for and check the federation's SuperNodes)."""
     from fedmllm.federated.experiment import FederatedExperiment
     from fedmllm.runs import RunDir
+    from server.federation import await_federation
     from server.instrument import Instrument
     from server.strategy import GridTransport
 
     with RunDir(Path(run_dir), cfg) as run:  # closes the live trackers (tb/, mlruns/) at the end
-        exp = FederatedExperiment(cfg, run, GridTransport(grid, log=run.log,
-                                                          round_timeout=cfg.federated.round_timeout_s))
+        transport = GridTransport(grid, log=run.log, round_timeout=cfg.federated.round_timeout_s)
+        if await_nodes:
+            await_federation(transport, cfg.federated.num_clients)
+        exp = FederatedExperiment(cfg, run, transport)
         if cfg.federated.secagg:  # the server learns only each round's weighted mean (server/secagg.py)
             from server.secagg import SecAggTransport
 
@@ -81,16 +75,32 @@ def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        c, out = (cfg, run_dir) if cfg is not None else _from_run_config(dict(context.run_config))
+        if cfg is None:  # flwr run: the run config names the experiment
+            _flwr_run(grid, dict(context.run_config))
+            return
         _poll_faster(grid)
         try:
-            run_experiment(grid, c, out)
+            run_experiment(grid, cfg, run_dir)
         except BaseException as e:  # noqa: BLE001 - handed to the caller, re-raised there
             if errors is None:
                 raise
             errors.append(e)
 
     return app
+
+
+def _flwr_run(grid: Grid, run_config: dict) -> None:
+    """The ServerApp under ``flwr run``; a user error is also logged as one line (`ERROR_MARK`)."""
+    from server.run_config import from_run_config
+
+    try:
+        cfg, out = from_run_config(run_config)
+        print(f"fedmllm: run directory {out}", flush=True)
+        _poll_faster(grid)
+        run_experiment(grid, cfg, out, await_nodes=True)
+    except UserError as e:
+        print(f"{ERROR_MARK}{e}", flush=True)
+        raise
 
 
 app = make_server_app()

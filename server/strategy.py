@@ -58,6 +58,7 @@ class GridTransport:
         self.grid, self.timeout, self.log = grid, timeout, log
         self.round_timeout = float(round_timeout)
         self.partitions: dict[int, int] = {}  # node id -> partition id, asked once per node
+        self.query_errors: dict[int, str] = {}  # node id -> why it did not say (server.federation reads it)
 
     def nodes_by_partition(self) -> dict[int, int]:
         """partition id -> node id of every connected node (asked once per node)."""
@@ -68,6 +69,8 @@ class GridTransport:
             for m in self.grid.send_and_receive(messages, timeout=self.timeout):
                 if not m.has_error():
                     self.partitions[m.metadata.src_node_id] = int(m.content[P.METRICS][P.PARTITION_ID])
+                else:
+                    self.query_errors[m.metadata.src_node_id] = error_summary(str(m.error.reason))
             if self.log:
                 self.log({"event": "node_partitions", "asked": len(unknown), "known": len(self.partitions),
                           "seconds": time.perf_counter() - t0})

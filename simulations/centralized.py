@@ -71,11 +71,10 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
     return result
 
 
-def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
-    """Run (or resume) the grid; writes results.json / results.csv / report.md / plots."""
+def check_centralized(cfg: Config) -> dict:
+    """Everything that can be wrong with the grid before any compute; returns the built models."""
     from fedmllm.models import build_model
 
-    check_run_dir(out, resume)
     check_data(cfg)
     for key in ("models", "methods"):
         if not getattr(cfg.centralized, key):
@@ -83,6 +82,16 @@ def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
     bundles = {m: build_model(m, pretrained=cfg.model.pretrained, seed=cfg.seed) for m in cfg.centralized.models}
     for bundle in bundles.values():
         check_methods(bundle.model, cfg, cfg.centralized.methods)
+    return bundles
+
+
+def run_centralized(cfg: Config, out: str, resume: bool = False) -> Path:
+    """Run (or resume) the grid; writes results.json / results.csv / report.md / plots."""
+    from fedmllm.experiment import use_threads
+
+    use_threads(cfg)
+    check_run_dir(out, resume, cfg, "centralized")
+    bundles = check_centralized(cfg)
     data = ExperimentData.load(cfg)  # a dataset that cannot load fails before the run directory exists
     with RunDir.create(out, cfg, "centralized", resume=resume) as run:  # closes the live trackers
         return _run_grid(run, cfg, bundles, data)

@@ -57,14 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for scores.json (default: runs/eval-<timestamp>)")
     p.add_argument("--config", help="TOML config for data sources / hub org")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_deploy(sub)
     sub.add_parser("config", help="list every config key with its default and meaning")
     sub.add_parser("list", help="list registered models, tasks, metrics, methods, strategies, partitioners")
     return parser
 
 
-def _config(args: argparse.Namespace, kind: Optional[str]):
-    from fedmllm.config import load_config
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="Flower's Deployment Engine on this machine (SuperLink + SuperNodes on 127.0.0.1)")
+    what = p.add_subparsers(dest="deploy_command", required=True, metavar="WHAT")
+    d = what.add_parser("local", help="a federated run on a SuperLink and N SuperNodes on 127.0.0.1 (TLS, node auth)",
+                        description="Start flower-superlink and N flower-supernode on 127.0.0.1 (free ports), run "
+                        "the experiment with `flwr run`, stop them all. TLS and SuperNode authentication are on.")
+    d.add_argument("--nodes", type=int, help="SuperNodes, one per client: sets federated.num_clients "
+                   "(default: the config's federated.num_clients)")
+    d.add_argument("--config", default=DEFAULT_CONFIGS["federated"], help="TOML config (default: %(default)s)")
+    d.add_argument("--out", help="run directory to create (default: runs/deploy-<timestamp>)")
+    d.add_argument("--certs", metavar="DIR", help="use ca.pem, superlink.pem, superlink.key from DIR "
+                   "(default: a local CA made for this run)")
+    d.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication")
+    d.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
+    c = what.add_parser("certs", help="write a local CA, the SuperLink's certificate for 127.0.0.1 and SuperNode "
+                        "keys, for starting flower-superlink / flower-supernode by hand")
+    c.add_argument("--out", required=True, help="folder to write into")
+    c.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs to write (default: %(default)s)")
 
+
+def _config(args: argparse.Namespace, kind: Optional[str]):
+    from fedmllm.config import check_unique_overrides, load_config
+
+    check_unique_overrides(args.overrides)
     path = args.config
     if path is None and kind in DEFAULT_CONFIGS and Path(DEFAULT_CONFIGS[kind]).is_file():
         path = DEFAULT_CONFIGS[kind]
@@ -122,6 +144,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
              seed=args.seed, out=args.out or _default_out("eval"))
 
 
+def cmd_deploy(args: argparse.Namespace) -> None:
+    from simulations.deploy import deploy_local, write_certs
+
+    if args.deploy_command == "certs":
+        for path in write_certs(args.out, args.nodes):
+            print(f"wrote {path}")
+        return
+    from fedmllm.config import check_unique_overrides
+
+    check_unique_overrides(args.overrides)
+    deploy_local(args.config, args.overrides, args.nodes, args.out or _default_out("deploy"),
+                 insecure=args.insecure, certs=args.certs)
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     from fedmllm.config import describe
     from fedmllm.federated.algorithms import ALGORITHMS, build_algorithm
@@ -146,6 +182,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "pretrain": cmd_pretrain, "centralized": cmd_centralized, "federated": cmd_federated,
     "demo": cmd_demo, "report": cmd_report, "eval": cmd_eval, "config": cmd_config, "list": cmd_list,
+    "deploy": cmd_deploy,
 }
 
 

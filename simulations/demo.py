@@ -12,11 +12,12 @@ from fedmllm.runs import RunDir, check_run_dir
 
 def run_demo(cfg: Config, out: str) -> Path:
     from fedmllm.report import build_report
-    from simulations.centralized import run_centralized
+    from simulations.centralized import check_centralized, run_centralized
     from simulations.federated import check_federated, run_federated
 
     check_run_dir(out)
     check_federated(cfg)  # both halves are validated before any compute
+    check_centralized(cfg)
     run = RunDir.create(out, cfg, "demo")
     t0 = time.perf_counter()
     print("== demo 1/2: centralized benchmark ==", flush=True)

@@ -17,6 +17,9 @@ MAX_N = 10**6  # test samples per task, as config key data.test_n
 def run_eval(cfg: Config, model: str, tasks: list[str], n: int, batch_size: int, seed: int, out: str) -> dict:
     from fedmllm.eval import evaluate
     from fedmllm.models import build_model
+    from fedmllm.experiment import use_threads
+
+    use_threads(cfg)
 
     if not tasks:
         raise UserError("--tasks is empty; name at least one task (fedmllm list shows them)")

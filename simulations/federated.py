@@ -22,6 +22,7 @@ from fedmllm.runs import RunDir, check_run_dir
 
 def check_federated(cfg: Config) -> None:
     """Everything that can be wrong with a federated config, before any compute."""
+    check_resources(cfg)  # first: a cluster address that does not answer fails before seconds of imports
     from fedmllm.data.partition import PARTITIONERS
     from fedmllm.federated.algorithms import ALGORITHMS, build_algorithm
     from fedmllm.methods import METHODS
@@ -35,7 +36,6 @@ def check_federated(cfg: Config) -> None:
     if fed.ray_address and fed.backend != "ray":
         raise UserError(f"federated.ray_address = {fed.ray_address!r} needs federated.backend = \"ray\" "
                         f"(got {fed.backend!r}); clear ray_address or switch the backend")
-    check_resources(cfg)
     method = METHODS.get(fed.method)
     if not fed.strategies:
         raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
@@ -72,10 +72,30 @@ def check_federated(cfg: Config) -> None:
 
 
 def check_resources(cfg: Config) -> None:
-    """The Ray options against this host, for a local Ray (a cluster at ray_address has its own)."""
+    """The Ray options against this host: a cluster at ray_address (or $RAY_ADDRESS) must answer
+    (its resources are its own); a local Ray's CPUs, GPUs and object store must fit this machine."""
+    from simulations.ray_backend import check_reachable, ray_address
+
     fed = cfg.federated
-    if fed.backend != "ray" or fed.ray_address:
+    if fed.backend != "ray":
         return
+    gpus, device = fed.num_gpus_per_client, cfg.train.device
+    if gpus > 0 and device == "cpu":
+        raise UserError(f"federated.num_gpus_per_client = {gpus} with train.device = \"cpu\": the clients would "
+                        "hold GPUs they never use; set train.device = \"auto\" or num_gpus_per_client = 0")
+    if gpus == 0 and device == "cuda":
+        raise UserError("train.device = \"cuda\" needs federated.num_gpus_per_client > 0 (Ray hides the GPUs "
+                        "from clients given none), e.g. 0.25 for four clients per GPU")
+    if ray_address(cfg):
+        check_reachable(ray_address(cfg))
+        return
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"federated.num_gpus_per_client = {gpus} needs a CUDA GPU, and torch sees none here "
+                            "(torch.cuda.is_available() is False: no GPU, or a CPU-only torch); set it to 0, "
+                            "or attach to a cluster with GPUs (federated.ray_address)")
     cores = os.cpu_count() or 1
     if fed.num_cpus_per_client > cores:
         raise UserError(f"federated.num_cpus_per_client = {fed.num_cpus_per_client} exceeds this machine's "
@@ -136,11 +156,14 @@ def check_secagg(cfg: Config) -> None:
 def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
     """Validate (unless the caller already ran `check_federated`), create (or resume) the run
     directory, run the simulation, return the run dir."""
+    from fedmllm.experiment import use_threads
+
+    use_threads(cfg)
     from clients.app import app as client_app
     from fedmllm.federated.experiment import resolve_strategy_options
     from server.app import make_server_app
 
-    check_run_dir(out, resume)
+    check_run_dir(out, resume, kind="federated")
     if not checked:
         check_federated(cfg)
     cfg = resolve_strategy_options(cfg)
@@ -158,9 +181,11 @@ def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = F
     else:
         from flwr.simulation import run_simulation
 
+        from simulations.dispatch import fast_dispatch
         from simulations.ray_backend import ray_session
 
-        with ray_session(cfg) as backend:  # loopback-only local Ray, or the cluster of ray_address
+        # loopback-only local Ray, or the cluster of ray_address; instructions polled every 0.01 s
+        with ray_session(cfg) as backend, fast_dispatch():
             run_simulation(server_app=server_app, client_app=client_app,
                            num_supernodes=cfg.federated.num_clients, backend_config=backend)
     if errors:

@@ -5,7 +5,10 @@ Ray whose every listening socket (GCS, raylet and object manager, workers, runti
 dashboard agents, metrics export) is bound to 127.0.0.1, with its files and unix sockets inside a
 fresh private (0700) temp dir that is removed after the run, also when it fails (Ray makes its
 own temp dir world-writable, so it gets a folder inside the private one). With an address
-the run only attaches: bind addresses, object store and temp dir are the cluster's own.
+the run only attaches: bind addresses, object store and temp dir are the cluster's own; an address
+that does not answer a TCP connect within seconds is a `UserError` (ray.init would retry for half
+a minute), and a loopback address attaches with the single-machine switch below (else ray.init
+would look for the cluster at the machine's address).
 
 Ray 2.55 binds its servers to 127.0.0.1 only when the node IP is 127.0.0.1, and ``ray.init`` turns
 a node IP of 127.0.0.1 into the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 from fedmllm.config import Config
+from fedmllm.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": node IP 127.0.0.1 stays 127.0.0.1
@@ -32,6 +37,8 @@ TEMP_PREFIX = "fedmllm_ray_"
 # Ray's deepest unix socket is <root>/fedmllm_ray_XXXXXXXX/ray/session_<date>_<time>_<us>_<pid>/
 # sockets/plasma_store, up to 91 characters below <root>; a socket path must stay under 108 bytes.
 MAX_TEMP_ROOT = 16
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # what Ray's resolve_ip_for_localhost rewrites
+CONNECT_TIMEOUT_S = 3.0
 
 
 def ray_address(cfg: Config) -> str:
@@ -51,7 +58,32 @@ def backend_config(cfg: Config, temp_dir: str = "") -> dict:
     else:  # "local": never attach to $RAY_ADDRESS or a cluster started with `ray start`
         init_args = {"address": "local", "_node_ip_address": LOOPBACK, "_temp_dir": temp_dir,
                      "object_store_memory": fed.object_store_mb * 1024 * 1024, "include_dashboard": False}
-    return {"client_resources": {"num_cpus": fed.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init_args}
+    return {"client_resources": {"num_cpus": fed.num_cpus_per_client, "num_gpus": fed.num_gpus_per_client},
+            "init_args": init_args}
+
+
+def split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``host:port`` cluster address (IPv6 in brackets); None for ``auto`` and
+    other forms Ray resolves itself."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """`UserError` unless something accepts a TCP connection at the cluster ``address`` (Ray's
+    GCS port) within ``timeout`` seconds."""
+    parts = split_address(address)
+    if parts is None:
+        return
+    try:
+        socket.create_connection(parts, timeout=timeout).close()
+    except OSError as err:
+        switch = f"{SINGLE_MACHINE_ENV}=0 " if parts[0] in LOOPBACK_HOSTS else ""
+        raise UserError(f"no Ray cluster answers at {address} ({err.strerror or err}): start one with "
+                        f"`{switch}ray start --head --node-ip-address {parts[0]} --port {parts[1]}` (README.md, "
+                        "\"Ray cluster\") or clear federated.ray_address (and $RAY_ADDRESS)") from None
 
 
 def private_temp_dir() -> str:
@@ -96,11 +128,14 @@ def ray_session(cfg: Config) -> Iterator[dict]:
     private temp dir (removed at the end) and the loopback switch; Ray is shut down at the end."""
     address = ray_address(cfg)
     if address:
+        check_reachable(address)
         print(f"attaching to the Ray cluster at {address}", flush=True)
-        try:
-            yield backend_config(cfg)
-        finally:
-            _shutdown_ray()
+        loopback = (split_address(address) or ("",))[0] in LOOPBACK_HOSTS
+        with _single_machine_switch() if loopback else nullcontext():
+            try:
+                yield backend_config(cfg)
+            finally:
+                _shutdown_ray()
         return
     temp = private_temp_dir()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from transformers import ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 
 from fedmllm.data.record import Sample
 from fedmllm.data.registry import TASKS
@@ -71,9 +71,7 @@ def encode_train(processor: ProcessorMixin, samples: list[Sample],
         if f[: len(p)] != p:
             raise ValueError(f"sample {s.uid!r}: the answer's tokens merge with the prompt's")
         answer_lens.append(len(f) - len(p))
-    enc = processor(text=texts, images=_images(samples), padding=True, padding_side="right",
-                    add_special_tokens=special, return_tensors="pt")
-    batch = dict(enc)
+    batch = _encode(processor, texts, _images(samples), padding_side="right", add_special_tokens=special)
     input_ids = batch["input_ids"]
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for i, (length, n) in enumerate(zip(batch["attention_mask"].sum(1).tolist(), answer_lens)):
@@ -95,15 +93,27 @@ def _truncate(processor: ProcessorMixin, batch: dict[str, Any], max_length: int)
     return batch
 
 
-def encode_generate(processor: ProcessorMixin, samples: list[Sample]) -> dict[str, torch.Tensor]:
-    """Left-padded batch of user turns ending in the assistant's generation prompt."""
+def encode_generate(processor: ProcessorMixin, samples: list[Sample],
+                    prompts: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+    """Left-padded batch of user turns ending in the assistant's generation prompt.
+
+    ``prompts``: the samples' `chat_prompt` texts when the caller has them already."""
     if not samples:
         raise ValueError("encode_generate needs at least one sample")
-    prompts = [chat_prompt(processor, s) for s in samples]
-    enc = processor(text=prompts, images=_images(samples), padding=True, padding_side="left",
-                    add_special_tokens=_add_special_tokens(processor, prompts[0]),
-                    return_tensors="pt")
-    return dict(enc)
+    if prompts is None:
+        prompts = [chat_prompt(processor, s) for s in samples]
+    elif len(prompts) != len(samples):
+        raise ValueError(f"encode_generate: {len(prompts)} prompts for {len(samples)} samples")
+    return _encode(processor, prompts, _images(samples), padding_side="left",
+                   add_special_tokens=_add_special_tokens(processor, prompts[0]))
+
+
+def _encode(processor: ProcessorMixin, texts: list[str], images: list[Any], **kwargs: Any) -> dict[str, Any]:
+    """``processor(text=texts, images=images, padding=True, return_tensors="pt", **kwargs)``,
+    as lists first and tensors at the end (the same tensors): with ``return_tensors="pt"``
+    transformers' LLaVA-OneVision processor walks a tensor once per image, quadratic in the batch."""
+    enc = processor(text=texts, images=images, padding=True, **kwargs)
+    return dict(BatchFeature(dict(enc), tensor_type="pt"))
 
 
 def to_model(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:

@@ -37,13 +37,14 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     was_training = model.training
     model.eval()
     ids = _generation_ids(model, processor)
-    order = _by_prompt_length(processor, samples) if batch_size > 1 else list(range(len(samples)))
+    prompts = [chat_prompt(processor, s) for s in samples]  # rendered once, reused by every batch
+    order = _by_prompt_length(processor, prompts) if batch_size > 1 else list(range(len(samples)))
     out: list[str] = [""] * len(samples)
     try:
         with torch.inference_mode():
             for start in range(0, len(samples), batch_size):
                 idx = order[start: start + batch_size]
-                batch = encode_generate(processor, [samples[i] for i in idx])
+                batch = encode_generate(processor, [samples[i] for i in idx], [prompts[i] for i in idx])
                 batch = to_model(batch, model)
                 generated = model.generate(
                     **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
@@ -58,8 +59,7 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     return out
 
 
-def _by_prompt_length(processor: ProcessorMixin, samples: list[Sample]) -> list[int]:
-    """Sample indices sorted by prompt length in tokens (stable: ties keep their order)."""
-    prompts = [chat_prompt(processor, s) for s in samples]
+def _by_prompt_length(processor: ProcessorMixin, prompts: list[str]) -> list[int]:
+    """Prompt indices sorted by prompt length in tokens (stable: ties keep their order)."""
     lengths = [len(ids) for ids in processor.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return sorted(range(len(samples)), key=lengths.__getitem__)
+    return sorted(range(len(prompts)), key=lengths.__getitem__)

@@ -83,8 +83,12 @@ class ClientRuntime:
         self._tests: dict[int, dict] = {}
         own = bundle is None
         if own:  # a fresh process (Ray actor): one torch thread per simulated client
+            from fedmllm.training.loop import resolve_device
+
             torch.set_num_threads(1)
             bundle = build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
+            # A GPU only if Ray gave the actor one (federated.num_gpus_per_client), train.device allowing.
+            bundle.model.to(resolve_device(cfg.train.device))
         self.models = TunedModels(cfg, bundle, share_base=own)  # one per LoRA rank, on first use
         default = self.models.get()
         self.model, self.method, self.initial = default.model, default.method, default.initial

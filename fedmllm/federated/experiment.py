@@ -187,7 +187,15 @@ class FederatedExperiment:
 
     def finish(self, system: str, kind: str, state: Arrays, extra: dict) -> dict:
         """Final full evaluation of ``state``, adapter saved, result file written, step marked."""
-        scores = self.server.evaluate(state, upstream="full")
+        last = getattr(self, "_last_eval", None)
+        small_is_full = all(len(self.server.upstream_sets["small"][t]) == len(v)
+                            for t, v in self.server.upstream_sets["full"].items())
+        if last is not None and last[0] == system and last[1] is state:
+            # the last round evaluated this very state: its downstream scores (the same sets)
+            # stand, and its upstream ones too when the per-round subsample is the whole set
+            scores = last[2] if small_is_full else {**last[2], "upstream": self.server.evaluate_upstream(state, "full")}
+        else:
+            scores = self.server.evaluate(state, upstream="full")
         result = system_result(system, kind, self.cfg.model.name, scores, self.zero["full"])
         result.update(extra)
         if kind == "strategy":
@@ -285,6 +293,7 @@ class FederatedExperiment:
             return
         upstream = "small" if server_round % fed.upstream_every == 0 or server_round == fed.rounds else None
         scores = self.server.evaluate(state, upstream=upstream)
+        self._last_eval = (system, state, scores) if upstream else None
         zero_down = self.zero["full"]["downstream"]
         event: dict[str, Any] = {"event": "global_eval", "system": system, "round": server_round, **scores,
                                  "E": {t: scores["downstream"][t] - zero_down[t] for t in scores["downstream"]}}

@@ -34,6 +34,7 @@ EXPERIMENT = "fedmllm-experiment"
 STATE_DIR = "fedmllm-state-dir"
 MODELS = "fedmllm-models"
 DATA_ROOT = "fedmllm-data-root"
+PARTITION_ID = "partition-id"  # Flower's node-config key
 RUN_KIND = "federated"  # meta.json "kind" of a run directory clients may serve
 
 
@@ -112,6 +113,18 @@ class NodePolicy:
                 if is_local(str(source)) and not _inside(str(source), self.data_root):
                     raise InstructionRefusedError(f"data source {source!r} of task {task!r} is outside this node's "
                                                   f"data ({DATA_ROOT} = {self.data_root!r})")
+
+
+def partition_id(node_config: Mapping[str, Any]) -> int:
+    """The node's ``partition-id`` (Flower node config; a simulation sets it, a deployed SuperNode
+    is given it with ``--node-config "partition-id=K num-partitions=N"``)."""
+    raw = node_config.get(PARTITION_ID)
+    if raw is None:
+        raise InstructionRefusedError(f"this SuperNode has no {PARTITION_ID} in its node config: start it with "
+                                      f'flower-supernode --node-config "{PARTITION_ID}=K num-partitions=N"')
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise InstructionRefusedError(f"this SuperNode's {PARTITION_ID} = {raw!r} is not an integer >= 0")
+    return raw
 
 
 def check_run_dir(path: str | Path) -> None:

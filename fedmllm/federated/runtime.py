@@ -30,9 +30,11 @@ class ServerRuntime:
     def __init__(self, cfg: Config, data: ExperimentData, bundle=None):
         from fedmllm.federated.tuned import TunedModels
         from fedmllm.models import build_model
+        from fedmllm.training.loop import resolve_device
 
         self.cfg = cfg
         bundle = bundle or build_model(cfg.model.name, pretrained=cfg.model.pretrained, seed=cfg.seed)
+        bundle.model.to(resolve_device(cfg.train.device))  # score where training runs (train.device)
         self.base_model = bundle.model
         self.processor = bundle.processor
         # Copies of the base: `evaluate` loads other states into them, and every system (each
@@ -60,6 +62,10 @@ class ServerRuntime:
         """Downstream scores and, for ``upstream`` = "small" (the per-round subsample) or "full",
         upstream scores of the global ``state``."""
         return self._scores(self.load(state).model, upstream)
+
+    def evaluate_upstream(self, state, upstream: str) -> dict[str, float]:
+        """Only the upstream scores of the global ``state`` ("small" or "full" sets)."""
+        return score(self.load(state).model, self.processor, self.upstream_sets[upstream], self.cfg.eval.batch_size)
 
     def zero_shot(self) -> dict[str, dict[str, float]]:
         """The base model's scores on the same sets (E and F are measured against these)."""

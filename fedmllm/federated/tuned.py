@@ -106,7 +106,7 @@ class TunedModels:
                     if tuple(r.shape) != tuple(w0.shape):
                         raise ValueError(f"residual of {prefix!r} has shape {tuple(r.shape)}, "
                                          f"the base weight {tuple(w0.shape)}")
-                    weight.copy_(w0 + r.to(w0.dtype))
+                    weight.copy_(w0 + r.to(w0.device, w0.dtype))  # W0 lives where the model was first touched
                 else:
                     weight.copy_(w0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,12 @@ def run_kind(run_dir: Path) -> str:
     meta = run_dir / "meta.json"
     if not meta.is_file():
         raise UserError(f"{run_dir} is not a fedmllm run directory (no meta.json)")
-    return json.loads(meta.read_text())["kind"]
+    from fedmllm.runs import read_json
+
+    data = read_json(meta)
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        raise UserError(f"{meta} names no run kind (no \"kind\" key): not a fedmllm run directory, or damaged")
+    return data["kind"]
 
 
 def build_report(run_dir: Path) -> Path:

@@ -10,14 +10,13 @@ measure, and one bar chart per dataset.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from fedmllm.metrics.efo import task_metrics
 from fedmllm.report.forgetting import SHORT_DEFINITIONS, cell_variants, definitions, fmt, mean_of
 from fedmllm.report.plotting import plt_figure, save_figure
-from fedmllm.runs import atomic_write
+from fedmllm.runs import atomic_write, read_json
 
 FAMILY_ORDER = ("selective", "reparameterization", "additive")
 
@@ -28,7 +27,7 @@ def _mean(xs: list[float]) -> float:
 
 def load_cells(run_dir: Path) -> list[dict]:
     """Every finished cell of the run (from ``cells/``; ``results.json`` is derived from them)."""
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*.json"))]
+    return [read_json(p) for p in sorted((run_dir / "cells").glob("*.json"))]
 
 
 def _method_order(cells: list[dict]) -> list[str]:
@@ -200,7 +199,7 @@ def build_centralized_report(run_dir: Path) -> Path:
     for model in models:
         zs = run_dir / "zeroshot" / f"{model.replace('/', '__')}.json"
         if zs.is_file():
-            base = json.loads(zs.read_text())["scores"]
+            base = read_json(zs)["scores"]
             parts.append(f"## {model}\n\nZero-shot base scores: " + ", ".join(f"{t} {s:.1f}" for t, s in base.items()) + "\n")
         mine = [c for c in cells if c["model"] == model]
         parts += [paper_table(cells, model), "", definitions(mine, "mean "), "",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fedmllm.report.forgetting import SHORT_DEFINITIONS, cell_variants, fmt, mean_of, system_variants
-from fedmllm.runs import atomic_write
+from fedmllm.runs import atomic_write, read_json
 
 
 def _summary_rows(run_dir: Path) -> list[tuple]:
@@ -15,7 +14,7 @@ def _summary_rows(run_dir: Path) -> list[tuple]:
     results = run_dir / "results.json"
     if not results.is_file():
         return []
-    data = json.loads(results.read_text())
+    data = read_json(results)
     rows: dict[tuple[str, str], list[dict]] = {}
     for c in data.get("cells", []):
         rows.setdefault((c["model"], c["method"]), []).append(cell_variants(c))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from fedmllm.runs import atomic_write
+from fedmllm.runs import atomic_write, read_json
 
 
 def _embed(sub: Path, name: str) -> str:
@@ -22,7 +21,7 @@ def build_demo_report(run_dir: Path) -> Path:
     parts = [f"# fedmllm demo — `{run_dir.name}`\n"]
     timing = run_dir / "timing.json"
     if timing.is_file():
-        parts.append(f"Total wall time: {json.loads(timing.read_text())['seconds']} s.\n")
+        parts.append(f"Total wall time: {read_json(timing)['seconds']} s.\n")
     for name in ("centralized", "federated"):
         sub = run_dir / name
         if (sub / "meta.json").is_file():

@@ -10,14 +10,13 @@ heatmaps, train loss.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from fedmllm.metrics.efo import forgetting_summary, task_metrics
 from fedmllm.report.forgetting import SHORT_DEFINITIONS, definitions, fmt, system_variants
 from fedmllm.report.plotting import plt_figure, save_figure
-from fedmllm.runs import atomic_write, read_events
+from fedmllm.runs import atomic_write, read_events, read_json
 
 
 def _client_columns(run_dir: Path) -> dict:
@@ -50,7 +49,7 @@ def _baselines_line(run_dir: Path) -> str:
 
 def _systems(run_dir: Path) -> list[dict]:
     order = {"pooled": 0, "local": 2}
-    out = [json.loads(p.read_text()) for p in (run_dir / "systems").glob("*.json")]
+    out = [read_json(p) for p in (run_dir / "systems").glob("*.json")]
     return sorted(out, key=lambda s: (order.get(s["system"], 1), s["system"]))
 
 
@@ -175,7 +174,7 @@ def round_variants(run_dir: Path, evals: dict[str, list[dict]]) -> dict[str, lis
     from the event's upstream scores against the zero-shot scores of the same upstream subsample
     (``zeroshot.json`` "small"), as the event's F is. Events it cannot compute them for get None."""
     path = run_dir / "zeroshot.json"
-    small = ((json.loads(path.read_text()).get("small") or {}).get("upstream") or {}) if path.is_file() else {}
+    small = ((read_json(path).get("small") or {}).get("upstream") or {}) if path.is_file() else {}
     metrics = task_metrics(small)
     out: dict[str, list[dict]] = {}
     for system, es in evals.items():
@@ -252,7 +251,7 @@ def build_federated_report(run_dir: Path) -> Path:
     from fedmllm.data.partition import Partition
 
     events = list(read_events(run_dir))
-    zero = json.loads((run_dir / "zeroshot.json").read_text())["full"] if (run_dir / "zeroshot.json").is_file() else None
+    zero = read_json(run_dir / "zeroshot.json")["full"] if (run_dir / "zeroshot.json").is_file() else None
     # Runs from before F_rel / F_acc: computed from the stored upstream scores ("–" if absent).
     systems = [system_variants(s, (zero or {}).get("upstream")) for s in _systems(run_dir)]
     rounds = defaultdict(list)
@@ -261,7 +260,7 @@ def build_federated_report(run_dir: Path) -> Path:
             rounds[e["system"]].append(e)
     parts = [f"# Federated run — `{run_dir.name}`\n", _baselines_line(run_dir)]
     if (run_dir / "partition.json").is_file():
-        part = Partition.from_json(json.loads((run_dir / "partition.json").read_text()))
+        part = Partition.from_json(read_json(run_dir / "partition.json"))
         parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(_client_columns(run_dir)), "```\n"]
     if zero and systems:
         parts += ["## Federated vs pooled vs local\n",

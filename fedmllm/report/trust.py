@@ -32,7 +32,7 @@ def _grid(systems: list[dict]) -> tuple[list[str], list[str], dict]:
     without DP."""
     cells = {(s["strategy"], s.get("attack", "")): s for s in systems
              if s.get("kind") == "strategy" and s.get("noise_multiplier") is None and "strategy" in s}
-    strategies = list(dict.fromkeys(k[0] for k in cells))
+    strategies = sorted(dict.fromkeys(k[0] for k in cells), key=lambda n: n != "fedavg")  # FedAvg first
     attacks = sorted({k[1] for k in cells}, key=lambda a: (a != "", a))
     return strategies, attacks, cells
 

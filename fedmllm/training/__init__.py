@@ -8,7 +8,7 @@ from fedmllm.training.hooks import (
     ControlVariate, ProximalTerm, TrainHook, scaffold_control_update, state_parameters,
 )
 
-_LOOP = ("LoopCheckpoint", "TrainConfig", "TrainStats", "loop_config", "train_local")
+_LOOP = ("LoopCheckpoint", "TrainConfig", "TrainStats", "TrainingDiverged", "loop_config", "train_local")
 
 
 def __getattr__(name: str):

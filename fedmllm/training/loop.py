@@ -1,11 +1,13 @@
 """The one local training loop, shared by federated clients and the centralized baseline.
 
 A plain loop in the style of torchtune's recipes: no trainer framework. Federated algorithms
-enter only through hooks (`fedmllm.training.hooks`). accelerate picks the device and runs bf16
-autocast; the model and optimizer are not ``prepare``-d (that would re-wrap ``forward`` on every
-call for a model cached across rounds, and adds nothing on one device), and backward / clipping
-are plain torch (no fp16, hence no loss scaler). The loss stays on the device until the end of
-the call (one sync), unless ``log_every`` asks for it.
+enter only through hooks (`fedmllm.training.hooks`). The device is `TrainConfig.device` (auto: CUDA
+when torch sees a GPU); accelerate runs bf16 autocast; the model and optimizer are not
+``prepare``-d (that would re-wrap ``forward`` on every call for a model cached across rounds, and
+adds nothing on one device), and backward / clipping
+are plain torch (no fp16, hence no loss scaler). The loss stays on the device except for the
+divergence check (a NaN or Inf loss raises `TrainingDiverged` before it reaches the weights: every
+step on CPU, every `FINITE_CHECK_EVERY` steps on an accelerator) and what ``log_every`` asks for.
 
 A call can be made resumable with a `LoopCheckpoint`: the loop state is saved every few steps and
 a later call with the same arguments continues from it, ending bit-for-bit where an uninterrupted
@@ -37,9 +39,11 @@ from fedmllm.training.hooks import TrainHook
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 IGNORE_INDEX = -100  # transformers' label value for positions without loss
 CHECKPOINT_FORMAT = 1  # version of the `LoopCheckpoint` file layout
+FINITE_CHECK_EVERY = 16  # on an accelerator: optimizer steps between the (syncing) loss checks
 
 
 @dataclass
@@ -57,6 +61,7 @@ class TrainConfig:
         weight_decay: AdamW's decoupled weight decay.
         max_grad_norm: clip the global gradient norm to this; 0 disables clipping.
         precision: ``"auto"`` (bf16 autocast on CUDA, else fp32), ``"fp32"`` or ``"bf16"``.
+        device: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
         log_every: log loss and lr every this many steps; 0 never.
     """
 
@@ -70,6 +75,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     precision: str = "auto"
+    device: str = "auto"
     log_every: int = 0
 
     def __post_init__(self) -> None:
@@ -88,6 +94,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.log_every >= 0, f"log_every must be >= 0, got {self.log_every}"),
         ]
         for ok, message in checks:
@@ -168,7 +175,7 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     if not params:
         raise ValueError("train_local: the model has no trainable parameters (apply a tuning method)")
     total = cfg.num_steps(len(samples))
-    acc = _accelerator(cfg.precision)
+    acc = _accelerator(cfg.precision, cfg.device)
     device = acc.device
     model.to(device)
     trainable = list(params.values())
@@ -199,6 +206,7 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     for hook in hooks:
         hook.on_start(model, params)
     start = time.perf_counter()
+    unchecked: list[tuple[int, list[list[int]], torch.Tensor]] = []  # (step, micro-batches, loss)
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(seed)
         if resumed is not None:
@@ -218,6 +226,13 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
                 # Plain backward: one device and bf16 autocast need no loss scaling.
                 loss.backward()
                 step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            unchecked.append((step, idx, step_loss))
+            # Before the update, so a NaN never reaches the weights (CPU: every step, free; an
+            # accelerator: every few steps, each check is a device sync).
+            if (device.type == "cpu" or len(unchecked) >= FINITE_CHECK_EVERY or step + 1 == total
+                    or (checkpoint is not None and (step + 1) % checkpoint.every == 0)):
+                _check_finite(unchecked, cfg, total)
+                unchecked = []
             terms = [t for h in hooks if (t := h.loss_term(model, params)) is not None]
             if terms:
                 sum(terms).backward()
@@ -256,6 +271,28 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     model.train(was_training)
     return TrainStats(steps=total, examples=examples, loss_first=values[0], loss_last=values[-1],
                       loss_mean=sum(values) / len(values), seconds=seconds, losses=values)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf: the run cannot continue (a one-line message for the user)."""
+
+
+def _check_finite(unchecked: list[tuple[int, list[list[int]], torch.Tensor]], cfg: TrainConfig,
+                  total: int) -> None:
+    """Raise `TrainingDiverged` naming the first step of ``unchecked`` whose loss is not finite."""
+    finite = torch.isfinite(torch.stack([loss for _, _, loss in unchecked]))
+    if bool(finite.all()):
+        return
+    bad = int((~finite).nonzero()[0])
+    step, idx, loss = unchecked[bad]
+    first = step * cfg.grad_accum + 1  # 1-based micro-batch number of the call
+    batches = f"batch {first}" if len(idx) == 1 else f"batches {first}-{first + len(idx) - 1}"
+    shown = [i for b in idx for i in b]
+    clip = "" if cfg.max_grad_norm else " or set train.max_grad_norm > 0 (clipping is off)"
+    raise TrainingDiverged(
+        f"training diverged: loss is {float(loss)} at step {step + 1} of {total} ({batches}, samples "
+        f"{', '.join(map(str, shown[:5]))}{', ...' if len(shown) > 5 else ''}); lower the learning rate "
+        f"(train.lr or [methods.<name>] lr; this run: {cfg.lr:g}){clip}")
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -300,13 +337,28 @@ def _load_checkpoint(path: Path, run_id: dict[str, Any],
     return state
 
 
-def _accelerator(precision: str) -> Accelerator:
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device of a ``device`` setting (`DEVICES`): ``"auto"`` is CUDA when torch sees a
+    GPU (in a Ray actor: only when the actor was given one), else CPU; ``"cuda"`` without a GPU
+    is a `UserError`."""
+    if device not in DEVICES:
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise UserError("train.device = \"cuda\" but torch sees no CUDA GPU here (torch.cuda.is_available() "
+                        "is False; a Ray client sees one only with federated.num_gpus_per_client > 0); "
+                        "set train.device = \"auto\" or \"cpu\"")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu")
+
+
+def _accelerator(precision: str, device: str = "auto") -> Accelerator:
+    cuda = resolve_device(device).type == "cuda"
     mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda) else "no"
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed:
-        # accelerate keeps one process-wide state and refuses a second precision; a simulator
-        # process may legitimately train at several (tests; a large server and small clients).
+    if state and (state.get("_mixed_precision") != mixed or state.get("_cpu") != (not cuda)):
+        # accelerate keeps one process-wide state and refuses a second precision (and keeps its
+        # first device); a simulator process may legitimately train at several (tests; a large
+        # server and small clients).
         AcceleratorState._reset_state()
     return Accelerator(cpu=not cuda, mixed_precision=mixed)
 
