@@ -90,9 +90,10 @@ class LatencyProbe:
     Wraps ``InMemoryGrid.send_and_receive`` (the ServerApp runs in this process) and, from each
     reply's ``created_at`` (stamped in the actor when the ClientApp returns) and its
     ``wall-seconds`` metric, splits a round into: ``dispatch`` (push -> first client starts: the
-    Flower extractor's 0.1 s poll, Ray submit), ``between_clients`` (one actor only: a client's
-    end -> the next one's start; negative when actors overlap) and ``return`` (last reply created
-    -> seen by the server: Ray return, Flower's reply queue, the grid's poll). Profiling only.
+    engine's poll for instructions, every 0.01 s with `simulations.dispatch`; Ray submit),
+    ``between_clients`` (one actor only: a client's end -> the next one's start; negative when
+    actors overlap) and ``return`` (last reply created -> seen by the server: Ray return, Flower's
+    reply queue, the grid's poll). Profiling only.
     """
 
     def __init__(self):

@@ -28,8 +28,13 @@ def add_messages_to_queue(state, queue: Queue, nodes_mapping, f_stop: threading.
         for node_id in nodes_mapping.keys():
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
-        polled = time.perf_counter() - t0
-        f_stop.wait(min(FLOWER_POLL_S, max(DISPATCH_POLL_S, 9 * polled)))
+        f_stop.wait(poll_wait(time.perf_counter() - t0))
+
+
+def poll_wait(polled_s: float) -> float:
+    """Seconds to wait after a poll that took ``polled_s``: `DISPATCH_POLL_S`, longer when
+    polling would otherwise take more than a tenth of the time, `FLOWER_POLL_S` at most."""
+    return min(FLOWER_POLL_S, max(DISPATCH_POLL_S, 9 * polled_s))
 
 
 @contextmanager

@@ -320,3 +320,69 @@ def test_client_sampling_depends_on_the_seed_not_on_node_ids(x0, tmp_path):
     reference, history = run_sequential_fedavg(cfg, initial_state=x0)
     assert [(h["round"], c) for h in history for c in h["clients"]] == expected
     assert max_diff(runs[0], runs[1]) == 0.0 and max_diff(runs[0], reference) <= TOL
+
+
+def test_personalized_scores_from_the_server_answers_equal_the_clients_own():
+    """A client whose own model is the global state is scored on its split from the server's
+    answers of that state (`ServerRuntime.split_scores`): the same scores the client computes
+    (`ClientRuntime.evaluate_round`, what the evaluate message runs), for every client."""
+    from fedmllm.federated.client import ClientRuntime
+    from fedmllm.federated.experiment import carries_state
+    from fedmllm.federated.personal import split_for_clients
+    from fedmllm.federated.rounds import round_payloads
+    from fedmllm.federated.runtime import ServerRuntime
+
+    cfg = tiny("data.test_n=8", "federated.num_clients=3", "model.pretrained=true")  # non-trivial answers
+    data = ExperimentData.load(cfg)
+    partition = build_partition(cfg, data)
+    tests = split_for_clients(partition, data.test)
+    server = ServerRuntime(cfg, data)
+    clients = ClientRuntime(cfg, partition, pools=data.train, test_partition=tests, test_pools=data.test)
+    rng = np.random.default_rng(0)
+    state = {k: v + rng.normal(0, 0.05, v.shape).astype(v.dtype) for k, v in server.initial_state().items()}
+    algo = build_algorithm("fedavg", num_clients=3)
+    payloads = round_payloads(algo, 2, state, range(3), {P.SERVER_ROUND: 1, P.ALGORITHM: "fedavg"})
+    assert server.split_scores(state, clients.client_tests(0)) is None  # nothing evaluated yet
+    server.evaluate(state, upstream=None)
+    nonzero = 0
+    for pid, payload in payloads.items():
+        assert carries_state(payload, state)
+        scores = server.split_scores(state, clients.client_tests(pid))
+        assert scores == clients.evaluate_round(pid, payload, {})
+        nonzero += sum(v > 0 for v in scores[0].values())
+    assert nonzero >= 3  # the shipped model answers some right: the comparison is not of zeros
+    other = {**state, next(iter(state)): state[next(iter(state))] * 0}
+    assert server.split_scores(other, clients.client_tests(0)) is None and not carries_state(payloads[0], other)
+
+
+def test_fast_dispatch_polls_flowers_linkstate_sooner_and_restores_flower():
+    """`simulations.dispatch`: the engine hands every node's instruction over with a 0.01 s poll
+    (longer when one poll is slow, Flower's 0.1 s at most), and Flower's loop comes back after."""
+    import threading
+    from queue import Queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from simulations.dispatch import add_messages_to_queue, fast_dispatch, poll_wait
+
+    assert (poll_wait(0.0001), poll_wait(0.005), poll_wait(1.0)) == (0.01, 0.045, 0.1)
+    original = vce_api.add_messages_to_queue
+    with fast_dispatch():
+        assert vce_api.add_messages_to_queue is add_messages_to_queue
+    assert vce_api.add_messages_to_queue is original
+
+    class State:  # one pending instruction per node, handed over once
+        def __init__(self):
+            self.pending = {7: ["a"], 8: ["b"]}
+
+        def get_message_ins(self, node_id, limit):
+            out, self.pending[node_id] = self.pending[node_id][:limit], self.pending[node_id][limit:]
+            return out
+
+    queue, stop = Queue(), threading.Event()
+    thread = threading.Thread(target=add_messages_to_queue, args=(State(), queue, {7: 0, 8: 1}, stop))
+    thread.start()
+    got = sorted(queue.get(timeout=5) for _ in range(2))
+    stop.set()
+    thread.join(timeout=5)
+    assert got == ["a", "b"] and not thread.is_alive()

@@ -113,7 +113,10 @@ def _encode(processor: ProcessorMixin, texts: list[str], images: list[Any], **kw
     as lists first and tensors at the end (the same tensors): with ``return_tensors="pt"``
     transformers' LLaVA-OneVision processor walks a tensor once per image, quadratic in the batch."""
     enc = processor(text=texts, images=images, padding=True, **kwargs)
-    return dict(BatchFeature(dict(enc), tensor_type="pt"))
+    try:
+        return dict(BatchFeature(dict(enc), tensor_type="pt"))
+    except ValueError:  # values only the processor's own steps can batch (another processor class)
+        return dict(processor(text=texts, images=images, padding=True, return_tensors="pt", **kwargs))
 
 
 def to_model(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:

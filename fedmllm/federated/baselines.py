@@ -118,9 +118,9 @@ def run_pooled(exp: "FederatedExperiment") -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: contiguous(v) for k, v in state.items()}, str(path))
         exp.pooled_state = state
-    if exp.test_partition is not None:
-        model = exp.server.load(state).model
-        exp.personal["pooled"] = exp.personal_baseline(lambda pid: model)
+    if exp.test_partition is not None:  # after the final evaluation: the clients' splits from its answers
+        exp.final_scores("pooled", state)
+        exp.personal["pooled"] = exp.personal_baseline(lambda pid: exp.server.load(state).model, state)
     return exp.finish("pooled", "baseline", state, {"steps": steps, "seconds": time.perf_counter() - t0})
 
 
@@ -147,10 +147,7 @@ def run_local(exp: "FederatedExperiment") -> dict:
                                    rank=ranks[pid] if ranks else None)
         scores = exp.server.evaluate(state, upstream="full")
         if exp.test_partition is not None:  # its own model on its own test split
-            from fedmllm.federated.personal import score_on_splits
-
-            own, counts = score_on_splits(exp.server.load(state).model, exp.server.processor,
-                                          exp.clients.client_tests(pid), exp.cfg.eval.batch_size)
+            own, counts = exp.own_split_scores(pid, state, lambda p: exp.server.load(state).model)
             scores["own"] = {"scores": own, "counts": counts}
         write_json(path, scores)
         per_client.append(scores)

@@ -185,17 +185,26 @@ class FederatedExperiment:
             crash_point(system, "done")
         return write_results(self.run, self.zero, systems)
 
-    def finish(self, system: str, kind: str, state: Arrays, extra: dict) -> dict:
-        """Final full evaluation of ``state``, adapter saved, result file written, step marked."""
+    def final_scores(self, system: str, state: Arrays) -> dict:
+        """The full evaluation of ``state`` (downstream, full upstream sets), reusing what the last
+        evaluation of this very state already scored on the same sets."""
         last = getattr(self, "_last_eval", None)
         small_is_full = all(len(self.server.upstream_sets["small"][t]) == len(v)
                             for t, v in self.server.upstream_sets["full"].items())
         if last is not None and last[0] == system and last[1] is state:
-            # the last round evaluated this very state: its downstream scores (the same sets)
-            # stand, and its upstream ones too when the per-round subsample is the whole set
-            scores = last[2] if small_is_full else {**last[2], "upstream": self.server.evaluate_upstream(state, "full")}
+            # its downstream scores (the same sets) stand, its upstream ones too when they were
+            # on the full sets (or the per-round subsample is the whole set)
+            if last[3] == "full" or small_is_full:
+                return last[2]
+            scores = {**last[2], "upstream": self.server.evaluate_upstream(state, "full")}
         else:
             scores = self.server.evaluate(state, upstream="full")
+        self._last_eval = (system, state, scores, "full")
+        return scores
+
+    def finish(self, system: str, kind: str, state: Arrays, extra: dict) -> dict:
+        """Final full evaluation of ``state``, adapter saved, result file written, step marked."""
+        scores = self.final_scores(system, state)
         result = system_result(system, kind, self.cfg.model.name, scores, self.zero["full"])
         result.update(extra)
         if kind == "strategy":
@@ -293,7 +302,7 @@ class FederatedExperiment:
             return
         upstream = "small" if server_round % fed.upstream_every == 0 or server_round == fed.rounds else None
         scores = self.server.evaluate(state, upstream=upstream)
-        self._last_eval = (system, state, scores) if upstream else None
+        self._last_eval = (system, state, scores, upstream) if upstream else None
         zero_down = self.zero["full"]["downstream"]
         event: dict[str, Any] = {"event": "global_eval", "system": system, "round": server_round, **scores,
                                  "E": {t: scores["downstream"][t] - zero_down[t] for t in scores["downstream"]}}
@@ -330,7 +339,9 @@ class FederatedExperiment:
 
     def personalized_round(self, system: str, server_round: int, state: Arrays, algo, settings) -> None:
         """Every client scores its own model (what its next round would start from) on its local
-        test split, through evaluate messages; logs a ``personalized_eval`` event."""
+        test split, through evaluate messages; logs a ``personalized_eval`` event. A client whose
+        own model is the global ``state`` (its payload carries every key of it, unchanged) is
+        scored from the server's answers of this round's evaluation of ``state`` instead."""
         from fedmllm.federated.personal import COUNT, SCORE, client_score, summarize
         from fedmllm.federated.rounds import round_payloads
 
@@ -338,8 +349,14 @@ class FederatedExperiment:
         # what each client's next round would start from: the configuration of round + 1
         payloads = round_payloads(algo, server_round + 1, state, range(self.cfg.federated.num_clients), config,
                                   settings.client_config)
-        raw, failures = self.transport.evaluate(server_round, payloads)
         per_client = {}
+        for pid, payload in payloads.items():
+            split = self.server.split_scores(state, self.clients.client_tests(pid)) \
+                if carries_state(payload, state) else None
+            if split is not None:
+                per_client[pid] = client_score(*split)
+        rest = {pid: p for pid, p in payloads.items() if pid not in per_client}
+        raw, failures = self.transport.evaluate(server_round, rest) if rest else ({}, {})
         for pid, reply in raw.items():
             scores = {k[len(SCORE):]: float(v) for k, v in reply.metrics.items() if k.startswith(SCORE)}
             counts = {k[len(COUNT):]: int(v) for k, v in reply.metrics.items() if k.startswith(COUNT)}
@@ -349,18 +366,36 @@ class FederatedExperiment:
         self.run.log({"event": "personalized_eval", "system": system, "round": server_round,
                       "failed": sorted(failures), **summary})
 
-    def personal_baseline(self, models_by_client) -> dict:
-        """Personalized summary of a baseline: ``models_by_client(pid)`` -> the model it scores."""
-        from fedmllm.federated.personal import client_score, score_on_splits, summarize
+    def personal_baseline(self, models_by_client, state: Optional[Arrays] = None) -> dict:
+        """Personalized summary of a baseline: ``models_by_client(pid)`` -> the model it scores;
+        with ``state`` (every client's model), from the answers of its last server evaluation."""
+        from fedmllm.federated.personal import client_score, summarize
 
-        per_client = {}
-        for pid in range(len(self.partition.clients)):
-            scores, counts = score_on_splits(models_by_client(pid), self.server.processor,
-                                             self.clients.client_tests(pid), self.cfg.eval.batch_size)
-            per_client[pid] = client_score(scores, counts)
-        return summarize(per_client)
+        return summarize({pid: client_score(*self.own_split_scores(pid, state, models_by_client))
+                          for pid in range(len(self.partition.clients))})
+
+    def own_split_scores(self, pid: int, state: Optional[Arrays], model_fn) -> tuple[dict, dict]:
+        """(task -> score, task -> samples) of client ``pid``'s test split: from the server's
+        answers for ``state`` when it just evaluated it, else by scoring ``model_fn(pid)``."""
+        from fedmllm.federated.personal import score_on_splits
+
+        tests = self.clients.client_tests(pid)
+        split = None if state is None else self.server.split_scores(state, tests)
+        return split if split is not None else score_on_splits(model_fn(pid), self.server.processor, tests,
+                                                               self.cfg.eval.batch_size)
 
     # --- baselines' training -------------------------------------------------------------------
+
+
+def carries_state(payload, state: Arrays) -> bool:
+    """True when ``payload`` hands its client every key of ``state`` with the same values: its
+    own model is then ``state`` (`Algorithm.prepare` keeps every received key over local ones)."""
+    from fedmllm.federated.algorithms.base import GLOBAL
+
+    received = payload.arrays.get(GLOBAL, {})
+    return received.keys() == state.keys() and all(
+        received[k] is state[k] or (np.shape(received[k]) == np.shape(state[k]) and np.array_equal(received[k], state[k]))
+        for k in state)
 
 
 def pooled_divergence(state: Arrays, pooled: Arrays, scaling: Optional[float]) -> dict:
