@@ -223,12 +223,13 @@ class Deployment:
         rank = {"flwr-run": 0, "superlink": 2}
         for _, proc in sorted(self.procs, key=lambda p: rank.get(p[0], 1)):
             if proc.poll() is None:  # not yet reaped, so its PID is still its own
-                _terminate([proc.pid], grace_s)
+                terminate([proc.pid], grace_s)
             proc.wait()  # reaped: a zombie parent would hide its exit from Flower's parent monitors
-        _terminate(self.pids(), grace_s)
+        terminate(self.pids(), grace_s)
 
 
-def _terminate(pids: list[int], grace_s: float) -> None:
+def terminate(pids: list[int], grace_s: float) -> None:
+    """SIGTERM each PID, SIGKILL what is left after ``grace_s``."""
     import psutil
 
     alive = []

@@ -36,19 +36,10 @@ def marked(root: Path) -> list[psutil.Process]:
 
 
 def stop(procs: list[psutil.Process], grace_s: float = 10.0) -> None:
-    """SIGTERM each by PID, SIGKILL what is left after ``grace_s``."""
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
+    """SIGTERM each by PID, SIGKILL what is left after ``grace_s`` (the deployment's own rule)."""
+    from simulations.deploy import terminate
+
+    terminate([p.pid for p in procs], grace_s)
 
 
 @contextmanager

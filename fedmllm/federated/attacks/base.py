@@ -98,3 +98,20 @@ def options_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     from fedmllm.federated.protocol import ATTACK_OPTION
 
     return {k[len(ATTACK_OPTION):]: v for k, v in config.items() if k.startswith(ATTACK_OPTION)}
+
+
+class ScaledUpdate(Attack):
+    """Upload received + ``sign`` x factor x (trained - received) (sign_flip: -1, scale: +1)."""
+
+    sign: ClassVar[float] = 1.0
+    defaults = {"factor": 1.0}
+
+    def validate(self) -> None:
+        from fedmllm.errors import UserError
+
+        if self.options["factor"] <= 0:
+            raise UserError(f"attack {self.name!r} option 'factor' must be > 0, got {self.options['factor']}")
+
+    def poison_update(self, trained, received, rng):
+        c = self.sign * self.options["factor"]
+        return rebuild({k: c * v for k, v in delta(trained, received).items()}, trained, received)

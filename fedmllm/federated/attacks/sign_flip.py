@@ -8,20 +8,12 @@ sign-flipping adversary of the Byzantine-robustness literature.
 
 from __future__ import annotations
 
-from fedmllm.errors import UserError
-from fedmllm.federated.attacks.base import Attack, delta, rebuild, register_attack
+from fedmllm.federated.attacks.base import ScaledUpdate, register_attack
 
 
 @register_attack
-class SignFlip(Attack):
+class SignFlip(ScaledUpdate):
     name = "sign_flip"
     description = "sign flipping: upload -factor x the update (Byzantine model poisoning)"
     defaults = {"factor": 4.0}
-
-    def validate(self) -> None:
-        if self.options["factor"] <= 0:
-            raise UserError(f"attack 'sign_flip' option 'factor' must be > 0, got {self.options['factor']}")
-
-    def poison_update(self, trained, received, rng):
-        d = delta(trained, received)
-        return rebuild({k: -self.options["factor"] * v for k, v in d.items()}, trained, received)
+    sign = -1.0
