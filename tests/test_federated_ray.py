@@ -47,7 +47,38 @@ def no_ray_left():
         pytest.fail("a Ray runtime was left running after the simulation")
 
 
-class ListeningSockets:
+class Poller:
+    """Calls ``poll()`` every ``interval`` seconds in a background thread while the block runs;
+    ``_before`` holds this process's listening sockets at the start (not the run's)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self._stop = interval, threading.Event()
+
+    @staticmethod
+    def _listening(proc: psutil.Process) -> set[tuple[str, int]]:
+        return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN}
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._before = self._listening(psutil.Process())
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ListeningSockets(Poller):
     """The listening TCP sockets of the processes started while the block runs: this process's
     descendants (GCS, raylet, agents, workers) and this process's own new ones (the driver's core
     worker), polled by a background thread; plus the Ray temp dirs named on their command lines."""
@@ -55,14 +86,9 @@ class ListeningSockets:
     TEMP = re.compile(r"(/[^\s=]*/fedmllm_ray_[^/\s]+)/")
 
     def __init__(self, interval: float = 0.25):
-        self.interval, self._stop = interval, threading.Event()
+        super().__init__(interval)
         self.seen: dict[tuple[str, int], str] = {}  # (ip, port) -> process name
         self.temp_dirs: set[str] = set()
-
-    @staticmethod
-    def _listening(proc: psutil.Process) -> set[tuple[str, int]]:
-        return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
-                if c.status == psutil.CONN_LISTEN}
 
     def poll(self) -> None:
         me = psutil.Process()
@@ -74,21 +100,6 @@ class ListeningSockets:
             self.temp_dirs.update(self.TEMP.findall(cmdline + " "))
             for addr in listening - self._before:
                 self.seen.setdefault(addr, name)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "ListeningSockets":
-        self._before = self._listening(psutil.Process())
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def is_loopback(ip: str) -> bool:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from fedmllm.config import load_config
 from simulations.cli import main
 from simulations.federated import run_federated
 from simulations.ray_backend import SINGLE_MACHINE_ENV
-from test_federated_ray import TINY, is_loopback
+from test_federated_ray import TINY, Poller, is_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).with_name("ray")
@@ -132,13 +131,14 @@ class LoopbackCluster:
         return left
 
 
-class Watch:
+class Watch(Poller):
     """While the block runs: the listening sockets of the cluster and the new ones of this process
     (the driver), the most nodes the driver saw alive, and for each client actor the raylet it
     runs under and whether it ran a client (its title ends in ``.run`` while it does)."""
 
     def __init__(self, cluster: LoopbackCluster, interval: float = 0.25):
-        self.cluster, self.interval, self._stop = cluster, interval, threading.Event()
+        super().__init__(interval)
+        self.cluster = cluster
         self.listening: dict[tuple[str, int], str] = {}
         self.alive_nodes = 0
         self.actors: dict[int, tuple[int, bool]] = {}  # actor pid -> (raylet pid, ran a client)
@@ -164,22 +164,6 @@ class Watch:
                 self.alive_nodes = max(self.alive_nodes, sum(n["Alive"] for n in ray.nodes()))
         except Exception:  # noqa: BLE001 - the driver connecting or shutting down
             pass
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "Watch":
-        self._before = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(kind="inet")
-                        if c.status == psutil.CONN_LISTEN}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture
