@@ -114,5 +114,15 @@ def train(msg: Message, context: Context) -> Message:
         P.NUM_EXAMPLES: update.num_examples, P.TRAIN_LOSS: update.train_loss, P.SECONDS: update.seconds,
         P.BYTES_IN: array_bytes(msg.content), P.BYTES_OUT: array_bytes(content), P.CLIENT_FAILED: 0,
         P.PARTITION_ID: partition_id, P.STEPS: update.steps, P.WALL_SECONDS: time.perf_counter() - t0,
+        P.PEAK_RSS_MB: peak_rss_mb(),
     })
     return Message(content=content, reply_to=msg)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports ru_maxrss in KB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak) / (2**20 if sys.platform == "darwin" else 1024)

@@ -172,6 +172,37 @@ class PrivacyConfig:
 
 
 @dataclass
+class CollabConfig:
+    large: str = _f("tiny-llava-ov-large", "the server's large model (registry name, checkpoint folder or hub id); "
+                    "the clients' small model is model.name")
+    paradigms: list = _f(["fedcollm", "fedmkt", "offsite", "proxy", "repr_align"],
+                         "collaboration paradigms to run (`fedmllm config` lists them)")
+    baselines: list = _f(["large_zero", "large_pooled", "small_fedavg"], "baselines on the identical split: "
+                         "large_zero, large_pooled, small_fedavg")
+    public_tasks: list = _f([], "tasks of the server's public set (empty: data.upstream)")
+    public_n: int = _f(16, "public samples per public task")
+    public_offset: int = _f(3000, "first training index of the public split in each public task (3000: beyond "
+                            "the embedded bases' pretraining pool); a downstream task needs >= data.train_n, "
+                            "else the public set would overlap the clients' data")
+    kd_steps: int = _f(8, "server-side training steps per side per round on the public set")
+    kd_lr: float = _f(1e-3, "learning rate of the server-side training")
+    kd_batch_size: int = _f(16, "batch size of the server-side training")
+    kd_weight: float = _f(0.5, "weight of the KD term against the public CE (loss = (1-w) CE + w KD)")
+    temperature: float = _f(2.0, "KD temperature")
+    top_k: int = _f(8, "teacher logits kept per answer position (what travels)")
+    max_answer_tokens: int = _f(24, "answer positions of the logits that travel (longer answers are cut)")
+    align_loss: str = _f("mse", "repr_align's alignment loss: mse | contrastive", choices=("mse", "contrastive"))
+    align_weight: float = _f(1.0, "repr_align: weight of the alignment term")
+    emulator_bottom: int = _f(1, "offsite: first layers of the large LLM kept as the trainable adapter")
+    emulator_top: int = _f(1, "offsite: last layers kept as the trainable adapter")
+    emulator_keep: float = _f(0.5, "offsite: fraction of the middle layers the emulator keeps (uniform layer drop)")
+    proxy_alpha: float = _f(1.0, "proxy: weight of the small tuned-minus-base logit offset")
+    large_steps: int = _f(0, "large_pooled: training steps of the large model on the pooled client data "
+                          "(0: rounds x local_steps x num_clients, the small pooled budget)")
+    large_lr: float = _f(0.0, "large_pooled: learning rate (0: the method's lr)")
+
+
+@dataclass
 class PretrainConfig:
     models: list = _f(["tiny-llava-ov", "tiny-vila"], "embedded models to pretrain")
     vision_warmup_steps: int = _f(300, "vision-tower-only classification warm-up steps (shape needs it)")
@@ -199,6 +230,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    collab: CollabConfig = field(default_factory=CollabConfig)
     methods: dict = _f({}, "per-method options, e.g. [methods.lora] r = 8; a method table may set lr")
     strategy_options: dict = _f({}, "per-strategy options, e.g. [strategy_options.fedprox] proximal_mu = 0.01")
 
@@ -206,10 +238,13 @@ class Config:
 _POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_size", "data.test_n",
              "data.upstream_n", "federated.num_clients", "federated.rounds", "federated.local_steps",
              "federated.alpha", "federated.eval_every", "federated.upstream_every", "federated.save_every",
-             "pretrain.vision_warmup_lr"}
+             "pretrain.vision_warmup_lr", "collab.public_n", "collab.kd_batch_size", "collab.temperature",
+             "collab.top_k", "collab.max_answer_tokens", "collab.kd_lr", "collab.emulator_keep"}
 _NON_NEGATIVE = {"train.steps", "train.epochs", "train.weight_decay", "train.max_grad_norm",
                  "train.warmup_ratio", "data.train_n", "federated.clients_per_round", "federated.upstream_n",
-                 "federated.baseline_checkpoint_every", "federated.num_gpus_per_client", "pretrain.vision_warmup_steps"}
+                 "federated.baseline_checkpoint_every", "federated.num_gpus_per_client", "pretrain.vision_warmup_steps",
+                 "collab.public_offset", "collab.kd_steps", "collab.kd_weight", "collab.align_weight",
+                 "collab.proxy_alpha", "collab.large_steps", "collab.large_lr"}
 # Upper bounds: what one host can hold (a typo such as 10**9 would be killed for memory or hang).
 _AT_MOST = {"data.train_n": 10**6, "data.test_n": 10**6, "data.upstream_n": 10**6, "federated.upstream_n": 10**6,
             "federated.num_clients": 10_000, "train.grad_accum": 1024}

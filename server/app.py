@@ -30,9 +30,11 @@ def _poll_faster(grid: Grid) -> None:
         grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_S)
 
 
-def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = False) -> dict:
+def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = False,
+                   kind: str = "federated") -> dict:
     """Everything the ServerApp does: every system of the experiment over ``grid``
-    (``await_nodes``: first wait for and check the federation's SuperNodes)."""
+    (``await_nodes``: first wait for and check the federation's SuperNodes); ``kind = "collab"``:
+    the paradigms of a large-small collaboration experiment (`fedmllm.collab.experiment`)."""
     from fedmllm.federated.experiment import FederatedExperiment
     from fedmllm.runs import RunDir
     from server.federation import await_federation
@@ -43,6 +45,10 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = F
         transport = GridTransport(grid, log=run.log, round_timeout=cfg.federated.round_timeout_s)
         if await_nodes:
             await_federation(transport, cfg.federated.num_clients)
+        if kind == "collab":
+            from fedmllm.collab.experiment import CollabExperiment
+
+            return CollabExperiment(cfg, run, transport).run_all()
         exp = FederatedExperiment(cfg, run, transport)
         if cfg.federated.secagg:  # the server learns only each round's weighted mean (server/secagg.py)
             from server.secagg import SecAggTransport
@@ -68,7 +74,7 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = F
 
 
 def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None,
-                    errors: Optional[list] = None) -> ServerApp:
+                    errors: Optional[list] = None, kind: str = "federated") -> ServerApp:
     """A ServerApp running one experiment; ``errors`` collects an exception for the caller
     (Flower's simulation logs ServerApp exceptions instead of raising them)."""
     app = ServerApp()
@@ -80,7 +86,7 @@ def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None
             return
         _poll_faster(grid)
         try:
-            run_experiment(grid, cfg, run_dir)
+            run_experiment(grid, cfg, run_dir, kind=kind)
         except BaseException as e:  # noqa: BLE001 - handed to the caller, re-raised there
             if errors is None:
                 raise

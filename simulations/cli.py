@@ -21,6 +21,7 @@ DEFAULT_CONFIGS = {
     "centralized": "configs/centralized/embedded.toml",
     "federated": "configs/federated/embedded.toml",
     "demo": "configs/demo.toml",
+    "collab": "configs/collab/embedded.toml",
 }
 
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment(sub, "pretrain", "train the embedded tiny base models on the upstream twins", resume=False)
     _add_experiment(sub, "centralized", "centralized benchmark grid: models x methods x downstream tasks -> E/F/O")
     _add_experiment(sub, "federated", "federated simulation (Flower + Ray) with pooled/local baselines")
+    _add_experiment(sub, "collab", "large-small (edge) collaboration: a large server MLLM and small client MLLMs "
+                    "(FedCoLLM, FedMKT, offsite-tuning, proxy-tuning, representation alignment) on Flower + Ray")
     _add_experiment(sub, "demo", "the embedded centralized benchmark + a federated comparison, one report", resume=False)
     p = sub.add_parser("report", help="rebuild report and plots from run directories (several: side by side)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -121,6 +124,13 @@ def cmd_federated(args: argparse.Namespace) -> None:
     run_federated(_config(args, "federated"), out, resume=resume)
 
 
+def cmd_collab(args: argparse.Namespace) -> None:
+    from simulations.collab import run_collab
+
+    out, resume = _run_dir_args(args, "collab")
+    run_collab(_config(args, "collab"), out, resume=resume)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from simulations.demo import run_demo
 
@@ -180,7 +190,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "pretrain": cmd_pretrain, "centralized": cmd_centralized, "federated": cmd_federated,
+    "pretrain": cmd_pretrain, "centralized": cmd_centralized, "federated": cmd_federated, "collab": cmd_collab,
     "demo": cmd_demo, "report": cmd_report, "eval": cmd_eval, "config": cmd_config, "list": cmd_list,
     "deploy": cmd_deploy,
 }

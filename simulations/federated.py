@@ -153,9 +153,11 @@ def check_secagg(cfg: Config) -> None:
         raise UserError("federated.secagg needs at least 2 clients per round (a sum of one is that client's "
                         "update); raise federated.num_clients or clients_per_round")
 
-def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False) -> Path:
+def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = False,
+                  kind: str = "federated") -> Path:
     """Validate (unless the caller already ran `check_federated`), create (or resume) the run
-    directory, run the simulation, return the run dir."""
+    directory, run the simulation, return the run dir. ``kind = "collab"``: the server runs a
+    collaboration experiment (`simulations.collab`)."""
     from fedmllm.experiment import use_threads
 
     use_threads(cfg)
@@ -163,17 +165,17 @@ def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = F
     from fedmllm.federated.experiment import resolve_strategy_options
     from server.app import make_server_app
 
-    check_run_dir(out, resume, kind="federated")
+    check_run_dir(out, resume, kind=kind)
     if not checked:
         check_federated(cfg)
     cfg = resolve_strategy_options(cfg)
-    run = RunDir.create(out, cfg, "federated", resume=resume)
+    run = RunDir.create(out, cfg, kind, resume=resume)
     # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env).
     for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(Path(tempfile.gettempdir()) / f"fedmllm_flwr_{os.getuid()}"))
     errors: list[BaseException] = []
-    server_app = make_server_app(cfg, run.path.resolve(), errors)
+    server_app = make_server_app(cfg, run.path.resolve(), errors, kind=kind)
     if cfg.federated.backend == "inprocess":
         from server.inprocess import run_inprocess
 

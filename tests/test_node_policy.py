@@ -66,7 +66,7 @@ def test_a_pinned_node_refuses_another_experiment(tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("no meta.json", "is not a fedmllm run directory (no config.toml and meta.json)"),
-    ("centralized", "is not a federated run directory (meta.json kind 'centralized')"),
+    ("centralized", "is not a federated or collab run directory (meta.json kind 'centralized')"),
     ("wrong id", "config.toml is not experiment 0123456789abcdef"),
 ])
 def test_only_federated_run_directories_of_the_named_experiment_are_served(tmp_path, case, expected):

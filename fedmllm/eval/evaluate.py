@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from transformers import PreTrainedModel, ProcessorMixin
 
@@ -44,10 +44,12 @@ class TaskScore:
 
 
 def evaluate(model: PreTrainedModel, processor: ProcessorMixin,
-             samples_by_task: Mapping[str, list[Sample]], *, batch_size: int = 32) -> dict[str, TaskScore]:
+             samples_by_task: Mapping[str, list[Sample]], *, batch_size: int = 32,
+             generator: Optional[Callable[[list[Sample], int], list[str]]] = None) -> dict[str, TaskScore]:
     """Score ``model`` on each task's samples with the task's parser and metric.
 
-    Decoding is greedy with ``max_new_tokens = task.max_new_tokens``. Metrics are corpus-level:
+    Decoding is greedy with ``max_new_tokens = task.max_new_tokens``; ``generator(samples,
+    max_new_tokens)`` replaces the model's own decoding (e.g. proxy-tuning's combined logits). Metrics are corpus-level:
     each task's metric is computed once over all its samples (CIDEr-D needs the whole set).
     """
     import fedmllm.metrics  # noqa: F401  (registers the metrics)
@@ -59,8 +61,8 @@ def evaluate(model: PreTrainedModel, processor: ProcessorMixin,
         metric = METRICS.get(task.metric)
         if not samples:
             raise ValueError(f"evaluate: task {name!r} has no samples")
-        raw = generate(model, processor, samples, batch_size=batch_size,
-                       max_new_tokens=task.max_new_tokens)
+        raw = generate(model, processor, samples, batch_size=batch_size, max_new_tokens=task.max_new_tokens) \
+            if generator is None else generator(samples, task.max_new_tokens)
         parsed = [task.parse(text, s) for text, s in zip(raw, samples)]
         values = dict(metric.compute(parsed, samples))
         score = float(values.pop("score"))

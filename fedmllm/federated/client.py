@@ -153,7 +153,9 @@ class ClientRuntime:
     def algorithm(self, name: str):
         """The client half of algorithm ``name`` (it reads its settings from the payload)."""
         if name not in self._algorithms:
-            self._algorithms[name] = ALGORITHMS.get(name)()
+            from fedmllm.collab.base import PARADIGMS  # collaboration paradigms are algorithms too
+
+            self._algorithms[name] = (PARADIGMS.get(name) if name in PARADIGMS else ALGORITHMS.get(name))()
         return self._algorithms[name]
 
     def run_round(self, partition_id: int, payload: Payload, local_state: Groups) -> ClientUpdate:
@@ -202,6 +204,9 @@ class ClientRuntime:
                 p.requires_grad_(True)
         result = LocalResult(as_arrays(method.get_state(model)), stats.steps, lr, hooks)
         arrays, new_local = algo.finish(payload, local_state, plan, result)
+        outputs = getattr(algo, "client_outputs", None)
+        if outputs is not None:  # what the trained model computes on the public set (collaboration)
+            arrays.update(outputs(payload, model, self.processor, self.cfg))
         if P.DP_CLIP in config:  # client-side DP: the update leaves the client clipped
             from fedmllm.federated.privacy import clip_update
 

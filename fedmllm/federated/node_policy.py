@@ -35,7 +35,7 @@ STATE_DIR = "fedmllm-state-dir"
 MODELS = "fedmllm-models"
 DATA_ROOT = "fedmllm-data-root"
 PARTITION_ID = "partition-id"  # Flower's node-config key
-RUN_KIND = "federated"  # meta.json "kind" of a run directory clients may serve
+RUN_KINDS = ("federated", "collab")  # meta.json "kind" of run directories clients may serve
 
 
 class InstructionRefusedError(ValueError):
@@ -138,5 +138,5 @@ def check_run_dir(path: str | Path) -> None:
         kind = json.loads(meta.read_text()).get("kind")
     except (ValueError, AttributeError):
         kind = None
-    if kind != RUN_KIND:
-        raise InstructionRefusedError(f"{str(root)!r} is not a federated run directory (meta.json kind {kind!r})")
+    if kind not in RUN_KINDS:
+        raise InstructionRefusedError(f"{str(root)!r} is not a federated or collab run directory (meta.json kind {kind!r})")

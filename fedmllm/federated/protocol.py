@@ -54,6 +54,7 @@ CLIENT_FAILED = "client-failed"
 PARTITION_ID = "partition-id"
 STEPS = "steps"
 WALL_SECONDS = "wall-seconds"
+PEAK_RSS_MB = "peak-rss-mb"  # the client process's peak resident memory so far (MB)
 REQUIRED_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, PARTITION_ID)
 # Added by the server to aggregated train metrics.
 NUM_CLIENTS = "num-clients"
@@ -69,6 +70,7 @@ METRIC_REDUCTIONS: dict[str, str] = {
     SECONDS: "max",
     STEPS: "sum",
     WALL_SECONDS: "max",
+    PEAK_RSS_MB: "max",
     PARTITION_ID: "drop",
 }
 

@@ -27,7 +27,7 @@ from fedmllm.models.processors import load_processor
 from fedmllm.models.shipped import BUNDLE_NOTE, has_weights, shipped_folder
 
 # Importing an entry module registers that model (one file, one registration).
-from fedmllm.models import tiny_llava_ov, tiny_vila  # noqa: E402,F401,I001
+from fedmllm.models import tiny_llava_ov, tiny_llava_ov_large, tiny_vila  # noqa: E402,F401,I001
 
 __all__ = ["MODELS", "ModelBundle", "ModelSpec", "register_model", "build_model", "save_bundle",
            "checkpoint_dir", "DTYPES"]

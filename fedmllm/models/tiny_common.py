@@ -52,9 +52,10 @@ def _corpus() -> tuple[str, ...]:
     return tuple(suite_texts(n_per_task=64, seed=0))
 
 
-def suite_tokenizer() -> PreTrainedTokenizerFast:
-    """A fresh word-level tokenizer trained on the offline task suite's prompts and answers."""
-    return train_tokenizer(list(_corpus()))
+def suite_tokenizer(kind: str = "word", vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """A fresh tokenizer trained on the offline task suite's prompts and answers: word-level (the
+    small bases) or WordPiece of ``vocab_size`` entries (the large base)."""
+    return train_tokenizer(list(_corpus()), kind=kind, vocab_size=vocab_size)
 
 
 def seeded_init(model_cls: type[PreTrainedModel], config: Any, seed: int,

@@ -32,9 +32,14 @@ GRID_PINPOINTS = [[IMAGE_SIZE, IMAGE_SIZE]]
 def build(seed: int) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A seeded random-init tiny LLaVA-OneVision and its processor (fresh tokenizer)."""
     tokenizer = suite_tokenizer()
+    return build_llava_ov(seed, tokenizer, vision_config(), text_config(tokenizer))
+
+
+def build_llava_ov(seed: int, tokenizer, vision, text) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A seeded random-init LLaVA-OneVision of the given vision / text configs and its processor."""
     config = LlavaOnevisionConfig(
-        vision_config=vision_config(),
-        text_config=text_config(tokenizer),
+        vision_config=vision,
+        text_config=text,
         image_token_index=tokenizer.image_token_id,
         video_token_index=tokenizer.video_token_id,
         projector_hidden_act="gelu",

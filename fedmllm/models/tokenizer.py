@@ -34,23 +34,39 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """Train a word-level tokenizer on ``texts`` (lower-cased, split on whitespace and punctuation).
+def train_tokenizer(texts: list[str], kind: str = "word", vocab_size: int | None = None
+                    ) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on ``texts`` (lower-cased, split on whitespace and punctuation).
+
+    ``kind="word"``: word-level, one id per word (the small embedded bases). ``kind="wordpiece"``:
+    WordPiece with ``vocab_size`` entries (specials and single characters included), so frequent
+    words are one token and rarer ones ``##``-continued pieces (the large embedded base: a
+    different vocabulary, so logit transfer between the two needs `fedmllm.collab.align`).
 
     Special tokens: ``<pad>`` (id 0), ``<unk>``, ``<image>``, ``<video>``, ``<|im_start|>`` and
     ``<|im_end|>`` (end of turn, used as EOS). The chat template is Qwen-style (see `CHAT_TEMPLATE`).
-    Word ids are assigned by descending frequency, ties broken alphabetically, so the same corpus
-    always gives the same vocabulary.
+    Word-level ids are assigned by descending frequency, ties broken alphabetically, so the same
+    corpus always gives the same vocabulary (WordPiece's training is deterministic too).
     """
-    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    if kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+    elif kind == "wordpiece":
+        if not vocab_size:
+            raise ValueError("a WordPiece tokenizer needs a vocab_size")
+        tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+        trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS),
+                                            min_frequency=1, continuing_subword_prefix="##")
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; valid: word, wordpiece")
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
-    # WordLevel has no decoder of its own; the WordPiece decoder joins tokens with spaces and,
-    # with cleanup=False, leaves punctuation spacing alone (metrics normalize it away).
+    # WordLevel has no decoder of its own; the WordPiece decoder joins tokens with spaces (and
+    # ``##`` pieces to their word) and, with cleanup=False, leaves punctuation spacing alone
+    # (metrics normalize it away).
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
     tok.train_from_iterator(list(texts) + [" ".join(TEMPLATE_WORDS)], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -1,0 +1,1 @@
+"""Edge collaboration between a large server MLLM and small client MLLMs (no Flower)."""

@@ -1,0 +1,1 @@
+"""The collaboration paradigms and baselines, one module each; importing one registers it."""
