@@ -187,7 +187,8 @@ class CollabConfig:
     kd_steps: int = _f(8, "server-side training steps per side per round on the public set")
     kd_lr: float = _f(1e-3, "learning rate of the server-side training")
     kd_batch_size: int = _f(16, "batch size of the server-side training")
-    kd_weight: float = _f(0.5, "weight of the KD term against the public CE (loss = (1-w) CE + w KD)")
+    kd_weight: float = _f(0.5, "weight of the KD term against the public CE (loss = (1-w) CE + w KD; "
+                             "repr_align: (1-w) CE + align term); 1 = no public labels in the loss")
     temperature: float = _f(2.0, "KD temperature")
     top_k: int = _f(8, "teacher logits kept per answer position (what travels)")
     max_answer_tokens: int = _f(24, "answer positions of the logits that travel (longer answers are cut)")

@@ -97,13 +97,13 @@ def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None
 
 def _flwr_run(grid: Grid, run_config: dict) -> None:
     """The ServerApp under ``flwr run``; a user error is also logged as one line (`ERROR_MARK`)."""
-    from server.run_config import from_run_config
+    from server.run_config import from_run_config, run_mode
 
     try:
         cfg, out = from_run_config(run_config)
         print(f"fedmllm: run directory {out}", flush=True)
         _poll_faster(grid)
-        run_experiment(grid, cfg, out, await_nodes=True)
+        run_experiment(grid, cfg, out, await_nodes=True, kind=run_mode(run_config))
     except UserError as e:
         print(f"{ERROR_MARK}{e}", flush=True)
         raise

@@ -11,6 +11,7 @@ line (space-separated, shell quoting), applied after the typed keys. Change them
 | ``num-clients`` | ``federated.num_clients`` (= the federation's SuperNodes) | int |
 | ``strategies`` | ``federated.strategies`` (comma-separated) | str |
 | ``lr`` | ``train.lr`` | float |
+| ``mode`` | ``federated`` (strategies) or ``collab`` (large-small collaboration, ``[collab]``) | str |
 
 A relative ``config`` is read from the app's folder (the project root, or the copy of it Flower
 installs from the app bundle), not from the working directory, which is whatever folder the
@@ -67,8 +68,20 @@ def config_path(run_config: Mapping[str, Any]) -> Path:
     return path if path.is_absolute() else APP_DIR / path
 
 
+MODES = ("federated", "collab")
+
+
+def run_mode(run_config: Mapping[str, Any]) -> str:
+    """``federated`` (default) or ``collab``: which experiment the ServerApp runs."""
+    mode = str(run_config.get("mode", "") or "federated")
+    if mode not in MODES:
+        raise UserError(f"run config mode = {mode!r}; valid: {', '.join(MODES)}")
+    return mode
+
+
 def from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path]:
-    """The resolved config and the run directory (created here, or reopened to resume it)."""
+    """The resolved config and the run directory (created here, or reopened to resume it); in
+    ``mode = "collab"`` the collaboration config is validated first (`simulations.collab`)."""
     from fedmllm.federated.experiment import resolve_strategy_options
     from fedmllm.runs import RunDir
 
@@ -76,7 +89,13 @@ def from_run_config(run_config: Mapping[str, Any]) -> tuple[Config, Path]:
         extra = shlex.split(str(run_config.get("overrides", "")))
     except ValueError as e:
         raise UserError(f"run config overrides: {e} (space-separated key=value pairs)") from None
-    cfg = resolve_strategy_options(load_config(config_path(run_config), typed_overrides(run_config) + extra))
+    mode = run_mode(run_config)
+    cfg = load_config(config_path(run_config), typed_overrides(run_config) + extra)
+    if mode == "collab":
+        from simulations.collab import check_collab
+
+        check_collab(cfg)
+    cfg = resolve_strategy_options(cfg)
     out = Path(str(run_config.get("out", "")) or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     resume = (out / "config.toml").is_file()
-    return cfg, RunDir.create(out, cfg, "federated", resume=resume).path
+    return cfg, RunDir.create(out, cfg, mode, resume=resume).path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def catalog() -> dict[str, list[str]]:
+    from fedmllm.collab.base import PARADIGMS
     from fedmllm.data.partition import PARTITIONERS
     from fedmllm.data.registry import TASKS
     from fedmllm.federated.algorithms import ALGORITHMS
@@ -14,5 +15,6 @@ def catalog() -> dict[str, list[str]]:
 
     out = {"models": MODELS.names(), "tasks": TASKS.names(), "metrics": METRICS.names(),
            "methods": METHODS.names(), "partitioners": PARTITIONERS.names(),
-           "strategies": ALGORITHMS.names(), "baselines": BASELINES.names()}
+           "strategies": ALGORITHMS.names(), "baselines": BASELINES.names(),
+           "collaboration": PARADIGMS.names()}
     return out

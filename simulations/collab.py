@@ -24,19 +24,15 @@ def check_collab(cfg: Config) -> None:
     from simulations.federated import check_federated
 
     c = cfg.collab
+    valid = {"collab.paradigms": [n for n in PARADIGMS.names() if PARADIGMS.get(n).family != "baseline"],
+             "collab.baselines": [n for n in PARADIGMS.names() if PARADIGMS.get(n).family == "baseline"]}
     for key, names in (("collab.paradigms", c.paradigms), ("collab.baselines", c.baselines)):
         for name in names:
-            PARADIGMS.get(name)
+            if name not in valid[key]:
+                raise UserError(f"{key}: unknown name {name!r}; valid: {', '.join(valid[key])}")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise UserError(f"{key} lists {', '.join(dup)} more than once")
-    bad = [b for b in c.baselines if PARADIGMS.get(b).family != "baseline"]
-    if bad:
-        raise UserError(f"collab.baselines: {bad[0]!r} is a paradigm, not a baseline; valid: large_zero, "
-                        "large_pooled, small_fedavg")
-    bad = [p for p in c.paradigms if PARADIGMS.get(p).family == "baseline"]
-    if bad:
-        raise UserError(f"collab.paradigms: {bad[0]!r} is a baseline; list it in collab.baselines")
     if not c.paradigms and not c.baselines:
         raise UserError("collab.paradigms and collab.baselines are both empty: nothing to run")
     if "proxy" in c.paradigms and "small_fedavg" not in c.baselines:

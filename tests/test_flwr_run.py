@@ -34,9 +34,23 @@ def test_the_pyproject_run_config_has_every_typed_key_and_no_federations():
     flwr = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
     assert "federations" not in flwr
     declared = flwr["app"]["config"]
-    assert {"config", "out", "overrides", *TYPED} == set(declared)
+    assert {"config", "out", "overrides", "mode", *TYPED} == set(declared)
     assert typed_overrides(declared) == []  # the defaults keep the config file's values
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"] == ">=3.11"
+
+
+def test_run_config_mode_selects_the_experiment_and_collab_is_validated_first(tmp_path):
+    """``mode = "collab"`` runs the large-small collaboration of the config (server/app.py); its
+    config is checked before the run directory exists, like ``fedmllm collab``'s."""
+    from server.run_config import run_mode
+
+    assert run_mode({}) == "federated" and run_mode({"mode": "collab"}) == "collab"
+    with pytest.raises(UserError, match="run config mode = 'kd'; valid: federated, collab"):
+        run_mode({"mode": "kd"})
+    with pytest.raises(UserError, match="collab.large"):
+        from_run_config({"config": "configs/collab/embedded.toml", "mode": "collab", "out": str(tmp_path / "run"),
+                         "overrides": "collab.large=/nonexistent/large federated.backend=inprocess"})
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_path_is_relative_to_the_app_not_the_working_directory(tmp_path, monkeypatch):

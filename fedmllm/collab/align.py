@@ -85,7 +85,9 @@ def vocab_map(src_tok, dst_tok) -> np.ndarray:
 def align_tokens(src: list[str], dst: list[str]) -> list[tuple[int, int]]:
     """Monotone DTW path between two tokenizations of the same text.
 
-    The cost of pairing ``src[i]`` with ``dst[j]`` is their edit distance, ``##`` stripped. The
+    The cost of pairing ``src[i]`` with ``dst[j]`` is their edit distance, ``##`` stripped, divided
+    by the longer string's length (raw distances let a short word next to a split one take its
+    first piece: "is" / "at" costs 2, "attract" / "at" 5; normalized 1.0 against 0.71). The
     path runs from ``(0, 0)`` to ``(len(src) - 1, len(dst) - 1)`` by steps of ``(1, 1)``,
     ``(1, 0)`` or ``(0, 1)`` and minimises the summed cost; on equal cost the backtrack prefers
     the diagonal step, then ``(1, 0)``. Empty input gives an empty path.
@@ -93,7 +95,7 @@ def align_tokens(src: list[str], dst: list[str]) -> list[tuple[int, int]]:
     n, m = len(src), len(dst)
     if n == 0 or m == 0:
         return []
-    cost = np.array([[edit_distance(strip_piece(a), strip_piece(b)) for b in dst] for a in src],
+    cost = np.array([[_normalized(strip_piece(a), strip_piece(b)) for b in dst] for a in src],
                     dtype=np.float64)
     acc = np.full((n + 1, m + 1), np.inf)
     acc[0, 0] = 0.0
@@ -110,6 +112,10 @@ def align_tokens(src: list[str], dst: list[str]) -> list[tuple[int, int]]:
         # min() keeps the first of equal costs: diagonal, then (1, 0), then (0, 1).
         _, i, j = min(steps, key=lambda s: s[0])
     return path[::-1]
+
+
+def _normalized(a: str, b: str) -> float:
+    return edit_distance(a, b) / max(len(a), len(b), 1)
 
 
 def one_to_one(path: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -129,8 +129,8 @@ class Sides:
         return self._projectors
 
     def align(self, side: str, state: Arrays, targets: dict, server_round: int) -> tuple[Arrays, dict]:
-        """``side``'s state tuned on the public set: CE + align_weight x the representation loss
-        between its pooled representations and ``targets`` (key -> (P, d) tensor)."""
+        """``side``'s state tuned on the public set: (1 - kd_weight) x CE + align_weight x the
+        representation loss between its pooled representations and ``targets`` (key -> (P, d))."""
         from fedmllm.collab.distill import train_public
         from fedmllm.collab.kd import representation_loss
         from fedmllm.collab.outputs import pooled_representations
@@ -143,8 +143,9 @@ class Sides:
             terms = [representation_loss(reps[k], targets[k][idx].float(), c.align_loss) for k in targets]
             return c.align_weight * sum(terms) / len(terms)
 
+        # the public CE keeps its weight 1 - kd_weight (kd_weight = 1: the alignment alone)
         return train_public(rt.load(state), state, rt.processor, self.public,
-                            self._settings(side, server_round, 0.0), extra=extra)
+                            self._settings(side, server_round, c.kd_weight), extra=extra)
 
     def emulator_split(self, keys: list[str]) -> tuple[list[str], list[str]]:
         from fedmllm.collab.emulator import adapter_keys
@@ -269,6 +270,7 @@ class CollabExperiment(FederatedExperiment):
         seconds = time.perf_counter() - t0
         self.run.log({"event": "baseline_done", "system": "large_pooled", "steps": stats.steps,
                       "train_loss": float(stats.loss_mean), "seconds": seconds})
+        self.save_large_adapter("large_pooled", state)
         return self.result("large_pooled", large=self.large_scores("large_pooled", state),
                            extra={"steps": stats.steps, "seconds": seconds})
 
@@ -309,7 +311,7 @@ class CollabExperiment(FederatedExperiment):
         self.run.log({"event": "global_eval", "system": "proxy", "side": "large", "round": self.cfg.federated.rounds,
                       **scores})
         return self.result("proxy", large=scores, extra={
-            "seconds_eval": time.perf_counter() - t0,
+            "seconds_eval": time.perf_counter() - t0, "costs_from": "small_fedavg",
             **{k: small_fedavg.get(k) for k in ("bytes_up", "bytes_down", "bytes_up_per_client_round",
                                                 "bytes_down_per_client_round", "rounds")}})
 
@@ -458,10 +460,7 @@ def write_collab_results(run, systems: list[dict]) -> dict:
             (after - zero) / (pooled - zero)
     results = {"kind": "collab", "systems": systems}
     write_json(run.path / "results.json", results)
-    try:
-        from fedmllm.report.collab import write_report
+    from fedmllm.report.collab import write_report
 
-        write_report(run.path)
-    except ImportError:  # the report module is optional at this point of the build
-        pass
+    write_report(run.path)
     return results

@@ -35,6 +35,10 @@ def build_report(run_dir: Path) -> Path:
         from fedmllm.report.demo import build_demo_report
 
         return build_demo_report(run_dir)
+    if kind == "collab":
+        from fedmllm.report.collab import write_report
+
+        return write_report(run_dir)
     raise UserError(f"{run_dir}: no report for runs of kind {kind!r}")
 
 
