@@ -193,7 +193,8 @@ class CollabConfig:
     top_k: int = _f(8, "teacher logits kept per answer position (what travels)")
     max_answer_tokens: int = _f(24, "answer positions of the logits that travel (longer answers are cut)")
     align_loss: str = _f("mse", "repr_align's alignment loss: mse | contrastive", choices=("mse", "contrastive"))
-    align_weight: float = _f(1.0, "repr_align: weight of the alignment term")
+    align_weight: float = _f(0.05, "repr_align: weight of the alignment term (1.0 let the MSE, ~40x the public CE, wreck the "
+                             "large model: F -65 on configs/collab/embedded.toml; 0.05: -3.7)")
     emulator_bottom: int = _f(1, "offsite: first layers of the large LLM kept as the trainable adapter")
     emulator_top: int = _f(1, "offsite: last layers kept as the trainable adapter")
     emulator_keep: float = _f(0.5, "offsite: fraction of the middle layers the emulator keeps (uniform layer drop)")

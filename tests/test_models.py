@@ -35,7 +35,23 @@ def samples():
 
 
 def test_registry_lists_tiny_models():
-    assert MODELS.names() == sorted(TINY)
+    assert MODELS.names() == sorted([*TINY, "tiny-llava-ov-large"])
+
+
+def test_the_large_base_is_a_bigger_llava_onevision_with_another_tokenizer():
+    """The edge-collaboration server model: the same architecture at ~7x the small base's
+    parameters, and a WordPiece vocabulary of another size (logit transfer needs an alignment)."""
+    from fedmllm.models.tiny_llava_ov_large import LARGE_VOCAB
+
+    large, small = build_model("tiny-llava-ov-large"), build_model("tiny-llava-ov")
+    n_large = sum(p.numel() for p in large.model.parameters())
+    n_small = sum(p.numel() for p in small.model.parameters())
+    assert large.model_type == "llava_onevision" and 6.5 <= n_large / n_small <= 8.5, n_large / n_small
+    assert len(large.processor.tokenizer) == LARGE_VOCAB != len(small.processor.tokenizer)
+    assert large.processor.tokenizer.tokenize("how many crosses are there?") == \
+        ["how", "many", "cross", "##es", "are", "there", "?"]  # frequent words whole, rarer ones in pieces
+    assert small.processor.tokenizer.tokenize("how many crosses are there?") == \
+        ["how", "many", "crosses", "are", "there", "?"]
 
 
 def test_build_sizes_and_types(bundle):

@@ -112,6 +112,13 @@ class Sides:
         reps = pooled_representations(rt.load(state).model, rt.processor, self.public)
         return {k: v.numpy() for k, v in reps.items()}
 
+    def base_representations(self) -> dict:
+        """Both base models' pooled public-set representations (side -> key -> (P, d)), once."""
+        if getattr(self, "_base_reps", None) is None:
+            self._base_reps = {side: self.representations(side, self.runtime(side).initial_state())
+                               for side in ("large", "small")}
+        return self._base_reps
+
     def projectors(self) -> dict:
         """Ridge projectors between the two *base* models' public-set representations, both ways."""
         if self._projectors is None:
@@ -119,7 +126,7 @@ class Sides:
 
             from fedmllm.collab.kd import fit_projector
 
-            base = {side: self.representations(side, self.runtime(side).initial_state()) for side in ("large", "small")}
+            base = self.base_representations()
             out: dict = {"s2l": {}, "l2s": {}}
             for key in base["small"]:
                 s, lg = torch.as_tensor(base["small"][key]), torch.as_tensor(base["large"][key])
@@ -185,25 +192,15 @@ class CollabExperiment(FederatedExperiment):
         self.sides = Sides(self)
         self._last_large: Optional[tuple] = None
 
-    def _truncate_to_durable_point(self) -> None:
-        offset = 0
-        for step in ["setup", *collab_order(self.cfg)]:
-            done = self.progress.get(step)
-            if done is not None:
-                offset = done["metrics_offset"]
-                continue
-            ckpt = self.checkpoints.latest(step)
-            if ckpt is not None:
-                offset = ckpt.metrics_offset
-            break
-        self.progress.truncate_metrics(offset)
+    def order(self) -> list[str]:
+        return collab_order(self.cfg)
 
     # --- running -----------------------------------------------------------------------------
     def run_all(self) -> dict:
         from fedmllm.faults import crash_point
 
         systems = []
-        for name in collab_order(self.cfg):
+        for name in self.order():
             if self.progress.get(name) is not None:
                 systems.append(json.loads((self.run.path / "systems" / f"{name}.json").read_text()))
                 continue

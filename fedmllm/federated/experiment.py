@@ -104,9 +104,13 @@ class FederatedExperiment:
         self.pooled_state: Optional[Arrays] = self._load_pooled()
 
     # --- setup and resume ------------------------------------------------------------------
+    def order(self) -> list[str]:
+        """The experiment's systems in run order (each a step of the progress journal)."""
+        return system_order(self.cfg)
+
     def _truncate_to_durable_point(self) -> None:
         offset = 0
-        for step in ["setup", *system_order(self.cfg)]:
+        for step in ["setup", *self.order()]:
             done = self.progress.get(step)
             if done is not None:
                 offset = done["metrics_offset"]

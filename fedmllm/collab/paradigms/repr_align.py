@@ -4,9 +4,10 @@ upload, for the public set, two pooled representations of their trained model: t
 visual token (the image as the small LLM sees it) and the mean last hidden state over the answer
 positions — never inputs. The server fits, once on the two *base* models, ridge projectors between
 the small and the large representation spaces; each round it then tunes the large model's LoRA so
-its representations move to the projected client mean (MSE or contrastive), beside the public CE,
-and the aggregated small model towards the projected large representations the same way. What
-crosses the projector is the clients' shift away from the base: downstream tuning."""
+its representations move to (its base representations + the projected shift of the client mean
+from the small base's), MSE or contrastive, beside the public CE, and the aggregated small model
+towards the projected shift of the large model the same way. What crosses the projector is only
+the shift tuning caused (downstream knowledge), never the projector's fitting error."""
 
 from __future__ import annotations
 
@@ -40,10 +41,14 @@ class ReprAlign(Paradigm):
         weights = np.array([r.num_examples for r in replies], np.float64)
         weights /= weights.sum()
         clients = {k: sum(w * r.arrays[OUTPUTS][k] for w, r in zip(weights, replies)) for k in KEYS}
-        proj = s.projectors()  # fitted once on the base models
-        target_large = {k: torch.as_tensor(clients[k] @ proj["s2l"][k][0] + proj["s2l"][k][1]) for k in KEYS}
+        proj, base = s.projectors(), s.base_representations()  # fitted / computed once on the bases
+        # Each side's target = its own base representation + the other side's shift from its base,
+        # projected: the projectors' fitting error never enters, only what tuning moved crosses.
+        target_large = {k: torch.as_tensor(base["large"][k] + (clients[k] - base["small"][k]) @ proj["s2l"][k][0])
+                        for k in KEYS}
         large_now = s.representations("large", self.large)
-        target_small = {k: torch.as_tensor(large_now[k] @ proj["l2s"][k][0] + proj["l2s"][k][1]) for k in KEYS}
+        target_small = {k: torch.as_tensor(base["small"][k] + (large_now[k] - base["large"][k]) @ proj["l2s"][k][0])
+                        for k in KEYS}
         self.large, st_large = s.align("large", self.large, target_large, server_round)
         new_small, st_small = s.align("small", small, target_small, server_round)
         self._info = {"align_large": st_large, "align_small": st_small}
