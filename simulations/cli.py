@@ -91,7 +91,10 @@ def _config(args: argparse.Namespace, kind: Optional[str]):
 
     check_unique_overrides(args.overrides)
     path = args.config
-    if path is None and kind in DEFAULT_CONFIGS and Path(DEFAULT_CONFIGS[kind]).is_file():
+    resumed = Path(args.resume) / "config.toml" if getattr(args, "resume", None) else None
+    if path is None and resumed is not None and resumed.is_file():
+        path = str(resumed)  # --resume DIR alone continues DIR's own experiment
+    elif path is None and kind in DEFAULT_CONFIGS and Path(DEFAULT_CONFIGS[kind]).is_file():
         path = DEFAULT_CONFIGS[kind]
     return load_config(path, args.overrides)
 

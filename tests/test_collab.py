@@ -260,7 +260,7 @@ def test_resume_reruns_a_deleted_paradigm_identically_and_skips_the_rest(finishe
     for path in (run / "systems" / "repr_align.json", run / "progress" / "repr_align.json"):
         path.unlink()
     shutil.rmtree(run / "checkpoints" / "repr_align")
-    assert main(["collab", "--config", str(config_file), "--resume", str(run)]) == 0
+    assert main(["collab", "--resume", str(run)]) == 0  # no --config: the run's own config.toml
 
     def results(r):
         return _strip(json.loads((r / "results.json").read_text()))
