@@ -79,3 +79,13 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         self._ensure()
         return [(n, self._entries[n]) for n in sorted(self._entries)]
+
+
+def import_modules(package: str) -> None:
+    """Import every module of ``package`` once, in name order: each registers its entry (the
+    one-file-per-entry registries: algorithms, attacks, collaboration paradigms)."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda m: m.name):
+        importlib.import_module(f"{package}.{info.name}")

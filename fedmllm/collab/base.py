@@ -97,13 +97,9 @@ class Paradigm(Algorithm):
 
 
 def _populate() -> None:
-    import importlib
-    import pkgutil
+    from fedmllm.registry import import_modules
 
-    from fedmllm.collab import paradigms
-
-    for info in sorted(pkgutil.iter_modules(paradigms.__path__), key=lambda m: m.name):
-        importlib.import_module(f"fedmllm.collab.paradigms.{info.name}")
+    import_modules("fedmllm.collab.paradigms")
 
 
 PARADIGMS: Registry[type[Paradigm]] = Registry("collaboration paradigm", populate=_populate)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fedmllm.collab.outputs import AnswerOutputs, forward_answers
-from fedmllm.federated.algorithms.base import Arrays, as_arrays, as_tensors
+from fedmllm.federated.algorithms.base import Arrays, as_arrays
 
 
 @dataclass
@@ -70,19 +70,19 @@ class PublicTraining:
     max_grad_norm: float = 1.0
 
 
-ExtraLoss = Callable[[torch.nn.Module, list, list[int]], torch.Tensor]
+ExtraLoss = Callable[[object, dict, list[torch.Tensor], list[int]], torch.Tensor]
 
 
-def train_public(tuned, state: Arrays, processor, samples: list, settings: PublicTraining,
+def train_public(tuned, processor, samples: list, settings: PublicTraining,
                  targets: Optional[list[KDTarget]] = None, weights: Optional[np.ndarray] = None,
                  extra: Optional[ExtraLoss] = None) -> tuple[Arrays, dict]:
-    """Tune ``tuned`` (a `fedmllm.federated.tuned.Tuned`) from ``state`` on the public ``samples``;
-    returns (new state, stats). ``targets[i]`` / ``weights[i]``: sample i's KD target and weight
-    (weight 0: only CE for it); ``extra(model, batch_samples, batch_indices)`` adds a loss term."""
+    """Tune ``tuned`` (a `fedmllm.federated.tuned.Tuned` with the starting state loaded) on the
+    public ``samples``; returns (new state, stats). ``targets[i]`` / ``weights[i]``: sample i's KD
+    target and weight (weight 0: only CE for it); ``extra(out, batch, rows, batch_indices)`` adds a
+    loss term from the step's own forward (run with hidden states when ``extra`` is given)."""
     from fedmllm.collab.kd import kd_loss
 
     model, method = tuned.model, tuned.method
-    method.set_state(model, as_tensors(state))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -93,7 +93,7 @@ def train_public(tuned, state: Arrays, processor, samples: list, settings: Publi
         for _ in range(settings.steps):
             idx = torch.randint(len(samples), (min(settings.batch_size, len(samples)),), generator=gen).tolist()
             batch_samples = [samples[i] for i in idx]
-            out, batch, rows = forward_answers(model, processor, batch_samples)
+            out, batch, rows = forward_answers(model, processor, batch_samples, hidden=extra is not None)
             ce = out.loss
             loss = (1 - settings.kd_weight) * ce
             if targets is not None and settings.kd_weight > 0:
@@ -103,7 +103,7 @@ def train_public(tuned, state: Arrays, processor, samples: list, settings: Publi
                 loss = loss + settings.kd_weight * kd
                 kd_sum += float(kd.detach())
             if extra is not None:
-                term = extra(model, batch_samples, idx)
+                term = extra(out, batch, rows, idx)
                 loss = loss + term
                 extra_sum += float(term.detach())
             opt.zero_grad(set_to_none=True)

@@ -99,7 +99,7 @@ class Sides:
         teacher = "small" if student == "large" else "large"
         targets = kd_targets(teacher_outputs, self.tokens[student], self.vmaps[(teacher, student)])
         rt = self.runtime(student)
-        new, stats = train_public(rt.load(state), state, rt.processor, self.public,
+        new, stats = train_public(rt.load(state), rt.processor, self.public,
                                   self._settings(student, server_round, self.cfg.collab.kd_weight), targets, weights)
         if weights is not None:
             stats["taught"] = int(np.count_nonzero(weights))
@@ -140,18 +140,20 @@ class Sides:
         representation loss between its pooled representations and ``targets`` (key -> (P, d))."""
         from fedmllm.collab.distill import train_public
         from fedmllm.collab.kd import representation_loss
-        from fedmllm.collab.outputs import pooled_representations
+        from fedmllm.collab.outputs import pooled_from
 
         c = self.cfg.collab
         rt = self.runtime(side)
+        tuned = rt.load(state)
 
-        def extra(model, batch, idx):
-            reps = pooled_representations(model, rt.processor, batch, batch_size=len(batch), grad=True)
+        def extra(out, batch, rows, idx):  # from the training step's own forward
+            visual, hidden = pooled_from(tuned.model, out, batch, rows)
+            reps = {"visual": visual, "hidden": hidden}
             terms = [representation_loss(reps[k], targets[k][idx].float(), c.align_loss) for k in targets]
             return c.align_weight * sum(terms) / len(terms)
 
         # the public CE keeps its weight 1 - kd_weight (kd_weight = 1: the alignment alone)
-        return train_public(rt.load(state), state, rt.processor, self.public,
+        return train_public(tuned, rt.processor, self.public,
                             self._settings(side, server_round, c.kd_weight), extra=extra)
 
     def emulator_split(self, keys: list[str]) -> tuple[list[str], list[str]]:
@@ -284,7 +286,6 @@ class CollabExperiment(FederatedExperiment):
 
         from fedmllm.collab.proxy import proxy_generate
         from fedmllm.eval import evaluate
-        from fedmllm.experiment import score  # noqa: F401
 
         ckpt = self.checkpoints.latest("small_fedavg")
         if ckpt is None:
@@ -390,7 +391,7 @@ class CollabExperiment(FederatedExperiment):
                          evaluate=lambda r, state: self.evaluate_collab(name, r, state, algo, settings))
         final = loop.run(initial)
         t = loop.totals
-        clients_rounds = max(1, len(costs["up"])) if costs["up"] else max(1, fed.num_clients * fed.rounds)
+        clients_rounds = fed.rounds * (fed.clients_per_round or fed.num_clients)  # the totals span every round
         extra = {"rounds": fed.rounds, "seconds": t["seconds"], "bytes_up": t["bytes_up"], "bytes_down": t["bytes_down"],
                  "bytes_up_per_client_round": t["bytes_up"] / clients_rounds,
                  "bytes_down_per_client_round": t["bytes_down"] / clients_rounds,

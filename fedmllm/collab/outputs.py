@@ -106,34 +106,33 @@ def unpack_topk(arrays: dict[str, np.ndarray], tokens: list[list[str]]) -> list[
     return out
 
 
-def pooled_representations(model, processor, samples: list, batch_size: int = 16,
-                           grad: bool = False) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def pooled_representations(model, processor, samples: list, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """``visual`` (P, d): mean projected image token (the LLM's input embedding of the image);
-    ``hidden`` (P, d): mean last hidden state over the answer positions. With ``grad`` the
-    tensors keep their graph (the server's alignment loss), else eval mode and no grad."""
+    ``hidden`` (P, d): mean last hidden state over the answer positions (eval mode, no grad; the
+    server's alignment loss takes them from its training forward, `pooled_from`)."""
     visual, hidden = [], []
     was = model.training
-    if not grad:
-        model.eval()
+    model.eval()
     try:
-        with torch.set_grad_enabled(grad):
-            for start in range(0, len(samples), batch_size):
-                chunk = samples[start: start + batch_size]
-                v, h = _pooled(model, processor, chunk)
-                visual.append(v)
-                hidden.append(h)
+        for start in range(0, len(samples), batch_size):
+            out, batch, rows = forward_answers(model, processor, samples[start: start + batch_size], hidden=True)
+            v, h = pooled_from(model, out, batch, rows)
+            visual.append(v)
+            hidden.append(h)
     finally:
         model.train(was)
     return {"visual": torch.cat(visual), "hidden": torch.cat(hidden)}
 
 
-def _pooled(model, processor, chunk: list) -> tuple[torch.Tensor, torch.Tensor]:
-    out, batch, rows = forward_answers(model, processor, chunk, hidden=True)
+def pooled_from(model, out, batch: dict, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visual, hidden) pooled representations from a forward's hidden states (`forward_answers`
+    with ``hidden=True``); they keep the forward's graph."""
     last = out.hidden_states[-1].float()
     emb = out.hidden_states[0].float()  # input embeddings: image tokens are the projected features
     image_id = model.config.image_token_id if hasattr(model.config, "image_token_id") else \
         model.config.image_token_index
     is_image = batch["input_ids"] == image_id
-    v = torch.stack([emb[i][is_image[i]].mean(0) for i in range(len(chunk))])
+    v = torch.stack([emb[i][is_image[i]].mean(0) for i in range(len(rows))])
     h = torch.stack([last[i, pos].mean(0) for i, pos in enumerate(rows)])
     return v, h

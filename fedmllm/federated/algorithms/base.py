@@ -256,13 +256,9 @@ def merge(global_state: Arrays, update: Mapping[str, np.ndarray]) -> Arrays:
 
 def _populate() -> None:
     """Import every module of this package once: each registers its algorithm (one file each)."""
-    import importlib
-    import pkgutil
+    from fedmllm.registry import import_modules
 
-    from fedmllm.federated import algorithms
-
-    for info in sorted(pkgutil.iter_modules(algorithms.__path__), key=lambda m: m.name):
-        importlib.import_module(f"fedmllm.federated.algorithms.{info.name}")
+    import_modules("fedmllm.federated.algorithms")
 
 
 # Registered under the user-facing word: configs name them in ``federated.strategies``.

@@ -72,13 +72,9 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", populate=lambda: _populate(
 
 
 def _populate() -> None:
-    import importlib
-    import pkgutil
+    from fedmllm.registry import import_modules
 
-    from fedmllm.federated import attacks
-
-    for info in sorted(pkgutil.iter_modules(attacks.__path__), key=lambda m: m.name):
-        importlib.import_module(f"fedmllm.federated.attacks.{info.name}")
+    import_modules("fedmllm.federated.attacks")
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
