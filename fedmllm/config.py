@@ -216,6 +216,8 @@ class PretrainConfig:
 @dataclass
 class Config:
     seed: int = _f(0, "base seed; every client/round seed is derived from it")
+    seeds: list = _f([], "run the experiment once per seed, each into its own sub-run <run>/seed-<s>/ (seed "
+                     "replaced), and report mean, std and 95% t-interval over them; [] = one run at `seed`")
     threads: int = _f(1, "torch intra-op threads of this process: centralized cells, baselines, evaluation "
                       "(Ray clients always use 1); 0 = torch's default (one per core). 1 by default: on "
                       "these small models a second thread gains nothing alone and collapses under a "
@@ -316,6 +318,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def check_seeds(seeds: list) -> None:
+    """``seeds``: distinct integers in the seed range; one alone is allowed (a sub-run layout)."""
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT:
+            raise UserError(f"config key 'seeds' holds {s!r}: every seed must be an integer in [0, 2**32), "
+                            "e.g. seeds = [0, 1, 2] or --seeds 0,1,2")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise UserError(f"config key 'seeds' lists {', '.join(map(str, dup))} more than once; give each seed once")
+
+
 def check_unique_overrides(overrides: list[str]) -> None:
     """Refuse a key given twice on the command line (``train.lr=1 train.lr=2``), or a table and a
     key inside it; `apply_overrides` itself lets a later override win (code builds on that)."""
@@ -377,6 +390,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config key {key!r} must be <= {bound:,}, got {flat[section][name]:,}")
     if not 0 <= cfg.seed < SEED_LIMIT:
         raise UserError(f"config key 'seed' must be in [0, 2**32) (the numpy/torch seed range), got {cfg.seed}")
+    cfg.seeds = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in cfg.seeds]  # --seeds 0,1
+    check_seeds(cfg.seeds)
     if not cfg.train.warmup_ratio < 1:
         raise UserError(f"config key 'train.warmup_ratio' must be in [0, 1) (a fraction of the steps), "
                         f"got {cfg.train.warmup_ratio}")

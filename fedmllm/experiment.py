@@ -95,10 +95,11 @@ def check_methods(model: nn.Module, cfg: Config, methods: list[str]) -> None:
     """Every method exists and its options fit the model (e.g. top_layers k ≤ layers), checked
     on a throwaway copy before any compute."""
     from fedmllm.methods import METHODS, apply_method
+    from fedmllm.methods.base import base_method
 
     for name in cfg.methods:  # a misspelt [methods.<name>] table would be ignored
-        if name not in METHODS:
-            raise UserError(f"[methods.{name}]: {METHODS.unknown_message(name)}")
+        if base_method(name) not in METHODS:
+            raise UserError(f"[methods.{name}]: {METHODS.unknown_message(base_method(name))}")
     for name in methods:
         options, _ = method_options(cfg, name)
         apply_method(copy.deepcopy(model), name, options)

@@ -29,12 +29,16 @@ def _default_out(kind: str) -> str:
     return f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resume: bool = True) -> argparse.ArgumentParser:
+def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resume: bool = True,
+                    seeds: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--config", help=f"TOML config (default: {DEFAULT_CONFIGS.get(name, 'built-in defaults')})")
     p.add_argument("--out", help="run directory to create (default: runs/<kind>-<timestamp>)")
     if resume:
         p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run in RUN_DIR (same config)")
+    if seeds:
+        p.add_argument("--seeds", metavar="S,S,...", help="run every seed into its own sub-run <out>/seed-<s>/ "
+                       "and report mean, std and 95%% CI over them (same as the override seeds=S,S,...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
     return p
 
@@ -42,12 +46,13 @@ def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resum
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmllm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_experiment(sub, "pretrain", "train the embedded tiny base models on the upstream twins", resume=False)
+    _add_experiment(sub, "pretrain", "train the embedded tiny base models on the upstream twins", resume=False,
+                    seeds=False)
     _add_experiment(sub, "centralized", "centralized benchmark grid: models x methods x downstream tasks -> E/F/O")
     _add_experiment(sub, "federated", "federated simulation (Flower + Ray) with pooled/local baselines")
     _add_experiment(sub, "collab", "large-small (edge) collaboration: a large server MLLM and small client MLLMs "
                     "(FedCoLLM, FedMKT, offsite-tuning, proxy-tuning, representation alignment) on Flower + Ray")
-    _add_experiment(sub, "demo", "the embedded centralized benchmark + a federated comparison, one report", resume=False)
+    _add_experiment(sub, "demo", "the embedded centralized benchmark + a federated comparison, one report")
     p = sub.add_parser("report", help="rebuild report and plots from run directories (several: side by side)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where a multi-run comparison is written (default: the first run's compare/)")
@@ -89,14 +94,20 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace, kind: Optional[str]):
     from fedmllm.config import check_unique_overrides, load_config
 
-    check_unique_overrides(args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "seeds", None) is not None:
+        seeds = [x.strip() for x in args.seeds.split(",") if x.strip()]
+        if not seeds or not all(x.isdigit() for x in seeds):
+            raise UserError(f"--seeds {args.seeds!r}: give comma-separated non-negative integers, e.g. --seeds 0,1,2")
+        overrides.append(f"seeds=[{', '.join(seeds)}]")
+    check_unique_overrides(overrides)
     path = args.config
     resumed = Path(args.resume) / "config.toml" if getattr(args, "resume", None) else None
     if path is None and resumed is not None and resumed.is_file():
         path = str(resumed)  # --resume DIR alone continues DIR's own experiment
     elif path is None and kind in DEFAULT_CONFIGS and Path(DEFAULT_CONFIGS[kind]).is_file():
         path = DEFAULT_CONFIGS[kind]
-    return load_config(path, args.overrides)
+    return load_config(path, overrides)
 
 
 def _run_dir_args(args: argparse.Namespace, kind: str) -> tuple[str, bool]:
@@ -113,31 +124,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     run_pretrain(_config(args, "pretrain"), out=args.out)
 
 
-def cmd_centralized(args: argparse.Namespace) -> None:
-    from simulations.centralized import run_centralized
+def _experiment(kind: str) -> Callable[[argparse.Namespace], None]:
+    """The command of one experiment kind: one run, or one sub-run per seed (`simulations.seeds`)."""
 
-    out, resume = _run_dir_args(args, "centralized")
-    run_centralized(_config(args, "centralized"), out, resume=resume)
+    def command(args: argparse.Namespace) -> None:
+        from simulations.seeds import run_experiment
 
+        out, resume = _run_dir_args(args, kind)
+        run_experiment(kind, _config(args, kind), out, resume=resume)
 
-def cmd_federated(args: argparse.Namespace) -> None:
-    from simulations.federated import run_federated
-
-    out, resume = _run_dir_args(args, "federated")
-    run_federated(_config(args, "federated"), out, resume=resume)
+    return command
 
 
-def cmd_collab(args: argparse.Namespace) -> None:
-    from simulations.collab import run_collab
-
-    out, resume = _run_dir_args(args, "collab")
-    run_collab(_config(args, "collab"), out, resume=resume)
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from simulations.demo import run_demo
-
-    run_demo(_config(args, "demo"), args.out or _default_out("demo"))
+cmd_centralized, cmd_federated, cmd_collab, cmd_demo = (
+    _experiment(k) for k in ("centralized", "federated", "collab", "demo"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ def check_federated(cfg: Config) -> None:
     from fedmllm.data.partition import PARTITIONERS
     from fedmllm.federated.algorithms import ALGORITHMS, build_algorithm
     from fedmllm.methods import METHODS
+    from fedmllm.methods.base import base_method
     from fedmllm.models import build_model
 
     fed = cfg.federated
@@ -36,7 +37,7 @@ def check_federated(cfg: Config) -> None:
     if fed.ray_address and fed.backend != "ray":
         raise UserError(f"federated.ray_address = {fed.ray_address!r} needs federated.backend = \"ray\" "
                         f"(got {fed.backend!r}); clear ray_address or switch the backend")
-    method = METHODS.get(fed.method)
+    method = METHODS.get(base_method(fed.method))
     if not fed.strategies:
         raise UserError(f"federated.strategies is empty; valid: {', '.join(ALGORITHMS.names())}")
     unknown = sorted(set(cfg.strategy_options) - set(ALGORITHMS.names()))

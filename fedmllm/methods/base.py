@@ -204,9 +204,16 @@ def register_method(cls: type[TuningMethod]) -> type[TuningMethod]:
     return METHODS.register(cls.name, cls)
 
 
+def base_method(name: str) -> str:
+    """The registered method behind a grid name: ``lora@proj`` is a *variant* of ``lora`` (its own
+    ``[methods."lora@proj"]`` options, e.g. another target set), so one grid can hold both."""
+    return name.split("@", 1)[0]
+
+
 def make_method(name: str, options: OptionsLike = None) -> TuningMethod:
-    """The registered method ``name`` bound to ``options`` (unknown name/options → `UserError`)."""
-    return METHODS.get(name)(options)
+    """The registered method ``name`` (or a ``base@variant`` of it) bound to ``options`` (unknown
+    name/options → `UserError`)."""
+    return METHODS.get(base_method(name))(options)
 
 
 def apply_method(model: nn.Module, name: str, options: OptionsLike = None, *, seed: int = 0

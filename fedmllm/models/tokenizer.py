@@ -46,7 +46,10 @@ def train_tokenizer(texts: list[str], kind: str = "word", vocab_size: int | None
     Special tokens: ``<pad>`` (id 0), ``<unk>``, ``<image>``, ``<video>``, ``<|im_start|>`` and
     ``<|im_end|>`` (end of turn, used as EOS). The chat template is Qwen-style (see `CHAT_TEMPLATE`).
     Word-level ids are assigned by descending frequency, ties broken alphabetically, so the same
-    corpus always gives the same vocabulary (WordPiece's training is deterministic too).
+    corpus always gives the same vocabulary. WordPiece's trainer (the `tokenizers` Rust library) is
+    *not* deterministic across processes (measured: three processes, three different 384-entry
+    vocabularies from the same corpus), so a fresh large model's ids differ between processes; the
+    shipped large base carries the tokenizer it was trained with (`tokenizer.json`).
     """
     if kind == "word":
         tok = Tokenizer(models.WordLevel(unk_token=UNK))

@@ -39,6 +39,10 @@ def build_report(run_dir: Path) -> Path:
         from fedmllm.report.collab import write_report
 
         return write_report(run_dir)
+    if kind == "seeds":
+        from fedmllm.report.seeds import build_seeds_report
+
+        return build_seeds_report(run_dir)
     raise UserError(f"{run_dir}: no report for runs of kind {kind!r}")
 
 
