@@ -200,12 +200,9 @@ def _plots(kind: str, s: dict, h: dict, plots: Path, label: str) -> list[str]:
             ax.errorbar(e.mean, f.mean, xerr=e.half or 0, yerr=f.half or 0, fmt="o", capsize=3, label=name,
                         color=f"C{i % 10}")
         ax.axhline(0, color="grey", lw=0.6)
-        ax.set_xlabel("mean E: downstream gain over zero-shot (points)")
-        ax.set_ylabel("F: mean upstream score change (points)")
-        ax.set_title(f"E–F trade-off, mean ± {CONFIDENCE:.0%} CI over seeds")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-        save_figure(fig, plots / f"{label}_ef.png")
-        out.append(f"![E–F over seeds](plots/{label}_ef.png)")
+        out.append(_finish(fig, ax, plots / f"{label}_ef.png", "mean E: downstream gain over zero-shot (points)",
+                           "F: mean upstream score change (points)",
+                           f"E–F trade-off, mean ± {CONFIDENCE:.0%} CI over seeds"))
     if h.get("curves"):
         fig, ax = plt_figure(6.5, 4.0)
         for i, (system, curve) in enumerate(h["curves"].items()):
@@ -216,13 +213,20 @@ def _plots(kind: str, s: dict, h: dict, plots: Path, label: str) -> list[str]:
                     label=system)
             if all(x.half is not None for x in sums):
                 ax.fill_between(rounds, [x.low for x in sums], [x.high for x in sums], color=f"C{i % 10}", alpha=0.15)
-        ax.set_xlabel("round (0 = zero-shot base)")
-        ax.set_ylabel("mean downstream score (%)")
-        ax.set_title(f"Global model per round, mean and {CONFIDENCE:.0%} CI band over seeds")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-        save_figure(fig, plots / f"{label}_rounds.png")
-        out.append(f"![per round over seeds](plots/{label}_rounds.png)")
+        out.append(_finish(fig, ax, plots / f"{label}_rounds.png", "round (0 = zero-shot base)",
+                           "mean downstream score (%)",
+                           f"Global model per round, mean and {CONFIDENCE:.0%} CI band over seeds"))
     return out
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> str:
+    """Labels, title, the legend outside the data; saves; the markdown image line."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    save_figure(fig, path)
+    return f"![{title}](plots/{path.name})"
 
 
 def _jsonable(s: dict) -> dict:
