@@ -30,9 +30,8 @@ def _halves(seed_dir: Path, experiment: str) -> dict[str, Path]:
     return {experiment: seed_dir} if (seed_dir / "results.json").is_file() else {}
 
 
-def rows_of(kind: str, run_dir: Path) -> dict[tuple, dict[str, Optional[float]]]:
-    """(row key) -> {column: value} of one finished sub-run. Row keys start with a table name."""
-    data = read_json(run_dir / "results.json")
+def rows_of(kind: str, data: dict) -> dict[tuple, dict[str, Optional[float]]]:
+    """(row key) -> {column: value} of one finished sub-run's results. Row keys start with a table name."""
     rows: dict[tuple, dict[str, Optional[float]]] = {}
     if kind == "centralized":
         per_method: dict[tuple, list[dict]] = defaultdict(list)
@@ -61,9 +60,9 @@ def rows_of(kind: str, run_dir: Path) -> dict[tuple, dict[str, Optional[float]]]
     return rows
 
 
-def _curves(run_dir: Path) -> dict[str, dict[int, float]]:
+def _curves(run_dir: Path, data: dict) -> dict[str, dict[int, float]]:
     """system -> {round: mean downstream score} from a federated sub-run's events, round 0 = zero-shot."""
-    zero = (read_json(run_dir / "results.json").get("zero_shot") or {}).get("downstream") or {}
+    zero = (data.get("zero_shot") or {}).get("downstream") or {}
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for e in read_events(run_dir):
         if e.get("event") == "global_eval" and e.get("downstream") and "side" not in e:
@@ -93,11 +92,12 @@ def collect(run_dir: Path) -> dict:
         for kind, path in halves.items():
             h = out["halves"].setdefault(kind, {"rows": defaultdict(lambda: defaultdict(dict)),
                                                 "curves": defaultdict(lambda: defaultdict(dict)), "floors": {}})
-            for row, cols in rows_of(kind, path).items():
+            data = read_json(path / "results.json")
+            for row, cols in rows_of(kind, data).items():
                 for col, v in cols.items():
                     h["rows"][row][col][seed] = v
             if kind == "federated":
-                for system, curve in _curves(path).items():
+                for system, curve in _curves(path, data).items():
                     for r, v in curve.items():
                         h["curves"][system][r][seed] = v
             for task, f in _floors(path).items():
