@@ -25,7 +25,11 @@ def _cell_file(run: RunDir, model: str, method: str, task: str) -> Path:
 
 
 def zero_shot(run: RunDir, cfg: Config, bundle, model_name: str, data: ExperimentData) -> dict[str, float]:
-    """Base-model scores on every downstream test and upstream set (cached per model)."""
+    """Base-model scores on every downstream test and upstream set (cached per model); the tasks'
+    chance / majority floors (``floors.json``, once per run) beside them."""
+    from fedmllm.eval.floors import ensure_floors
+
+    ensure_floors(run.path, data, cfg.seed)
     path = run.path / "zeroshot" / f"{model_name.replace('/', '__')}.json"
     if path.is_file():
         return json.loads(path.read_text())["scores"]
@@ -50,7 +54,7 @@ def run_cell(run: RunDir, cfg: Config, bundle, model_name: str, method: str, tas
     seed = derive_seed(cfg.seed, "centralized", model_name, method, task)
     t0 = time.time()
     stats = train_local(model, data.train[task], lambda b: encode_train(bundle.processor, b),
-                        loop_config(cfg.train, lr=lr), seed=seed, progress=False)
+                        loop_config(cfg.train, lr=lr), seed=seed, progress=f"{model_name} {method} {task}")
     train_s = time.time() - t0
     tuned = score(model, bundle.processor, {task: data.test[task], **data.upstream}, cfg.eval.batch_size)
     up_tuned, up_base = {u: tuned[u] for u in data.upstream}, {u: base[u] for u in data.upstream}

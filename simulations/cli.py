@@ -11,10 +11,12 @@ import os
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
 from fedmllm.errors import UserError
+from server.flower_log import flower_log
 
 DEFAULT_CONFIGS = {
     "pretrain": "configs/pretrain.toml",
@@ -30,7 +32,7 @@ def _default_out(kind: str) -> str:
 
 
 def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resume: bool = True,
-                    seeds: bool = True) -> argparse.ArgumentParser:
+                    seeds: bool = True, verbose: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--config", help=f"TOML config (default: {DEFAULT_CONFIGS.get(name, 'built-in defaults')})")
     p.add_argument("--out", help="run directory to create (default: runs/<kind>-<timestamp>)")
@@ -39,6 +41,9 @@ def _add_experiment(sub: argparse._SubParsersAction, name: str, help: str, resum
     if seeds:
         p.add_argument("--seeds", metavar="S,S,...", help="run every seed into its own sub-run <out>/seed-<s>/ "
                        "and report mean, std and 95%% CI over them (same as the override seeds=S,S,...)")
+    if verbose:
+        p.add_argument("--verbose", action="store_true", help="show Flower's own INFO log lines too "
+                       "(default: only its warnings and errors; fedmllm's round summaries show either way)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
     return p
 
@@ -47,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmllm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_experiment(sub, "pretrain", "train the embedded tiny base models on the upstream twins", resume=False,
-                    seeds=False)
+                    seeds=False, verbose=False)
     _add_experiment(sub, "centralized", "centralized benchmark grid: models x methods x downstream tasks -> E/F/O")
     _add_experiment(sub, "federated", "federated simulation (Flower + Ray) with pooled/local baselines")
     _add_experiment(sub, "collab", "large-small (edge) collaboration: a large server MLLM and small client MLLMs "
@@ -56,13 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report and plots from run directories (several: side by side)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where a multi-run comparison is written (default: the first run's compare/)")
-    p = sub.add_parser("eval", help="evaluate a model on tasks and print a score table")
-    p.add_argument("--model", default="tiny-llava-ov", help="registry name, hub id or local checkpoint dir")
-    p.add_argument("--tasks", default="synth-scienceqa,synth-okvqa", help="comma-separated task names")
-    p.add_argument("--n", type=int, default=64, help="test samples per task")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="directory for scores.json (default: runs/eval-<timestamp>)")
+    p = sub.add_parser("eval", help="evaluate a model (or a tuned adapter on its base) on tasks: score table, "
+                       "scores.json and per-sample predictions.jsonl")
+    p.add_argument("--adapter", metavar="DIR", help="a tuned adapter a run wrote (<run>/adapters/...): applied to "
+                   "the base model its run names; the run's config, test-set size and seed and the tasks it "
+                   "scored the adapter on are the defaults of the options below")
+    p.add_argument("--model", help="registry name, hub id or local checkpoint dir (default: tiny-llava-ov; "
+                   "with --adapter: the adapter's base)")
+    p.add_argument("--tasks", help="comma-separated task names (default: synth-scienceqa,synth-okvqa)")
+    p.add_argument("--n", type=int, help="test samples per task (default: 64)")
+    p.add_argument("--batch-size", type=int, help="generation batch size (default: 32)")
+    p.add_argument("--seed", type=int, help="test-sample seed, as a run's seed (default: 0)")
+    p.add_argument("--out", help="directory for scores.json and predictions.jsonl (default: runs/eval-<timestamp>)")
     p.add_argument("--config", help="TOML config for data sources / hub org")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     _add_deploy(sub)
@@ -148,13 +158,23 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from simulations.evaluate import run_eval
+    from fedmllm.config import check_unique_overrides, load_config
+    from simulations.evaluate import DEFAULTS, check_base, find_adapter, run_eval
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if args.n <= 0:
+    if args.n is not None and args.n <= 0:
         raise UserError(f"--n must be > 0, got {args.n}")
-    run_eval(_config(args, None), model=args.model, tasks=tasks, n=args.n, batch_size=args.batch_size,
-             seed=args.seed, out=args.out or _default_out("eval"))
+    adapter = find_adapter(args.adapter) if args.adapter else None
+    if adapter is not None and adapter.run is not None and args.config is None:
+        check_unique_overrides(args.overrides)
+        cfg = load_config(adapter.run / "config.toml", list(args.overrides))  # the run's data, base and seed
+    else:
+        cfg = _config(args, None)
+    default = adapter.defaults() if adapter is not None else DEFAULTS
+    model = check_base(adapter, args.model) if adapter is not None else args.model or default["model"]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else default["tasks"]
+    given = {"n": args.n, "batch_size": args.batch_size, "seed": args.seed}
+    run_eval(cfg, model=model, tasks=tasks, out=args.out or _default_out("eval"), adapter=adapter,
+             **{k: default[k] if v is None else v for k, v in given.items()})
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
@@ -205,6 +225,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # transformers 5 warns on every peft wrap of a model; not actionable for a user of the CLI.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # Ray's tip about a future default for clients given no GPU (ours are CPU clients on purpose)
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     try:
         import datasets
         import transformers
@@ -219,8 +241,11 @@ def _quiet_libraries() -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    # the experiment commands: Flower's INFO lines only with --verbose (server.flower_log)
+    flower = flower_log(args.verbose) if hasattr(args, "verbose") else nullcontext()
     try:
-        COMMANDS[args.command](args)
+        with flower:
+            COMMANDS[args.command](args)
     except UserError as e:
         print(f"fedmllm {args.command}: error: {e}", file=sys.stderr)
         return UserError.exit_code

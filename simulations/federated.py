@@ -19,6 +19,9 @@ from fedmllm.errors import UserError
 from fedmllm.experiment import check_data, check_methods
 from fedmllm.runs import RunDir, check_run_dir
 
+# transformers 5 warns on every peft wrap of a model (the CLI filters it in this process too)
+ACTOR_WARNINGS = "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+
 
 def check_federated(cfg: Config) -> None:
     """Everything that can be wrong with a federated config, before any compute."""
@@ -171,8 +174,10 @@ def run_federated(cfg: Config, out: str, resume: bool = False, checked: bool = F
         check_federated(cfg)
     cfg = resolve_strategy_options(cfg)
     run = RunDir.create(out, cfg, kind, resume=resume)
-    # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env).
-    for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    # Ray's workers inherit the driver's environment (Flower owns ray.init's runtime_env); the
+    # last two keep each actor's model load as quiet as this process's (simulations.cli).
+    for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": ACTOR_WARNINGS}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(Path(tempfile.gettempdir()) / f"fedmllm_flwr_{os.getuid()}"))
     errors: list[BaseException] = []

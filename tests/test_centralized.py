@@ -59,6 +59,10 @@ def test_report_rebuilt_from_files_alone(grid, capsys):
     assert (grid / "plots" / "tradeoff.png").is_file()
     assert "| selective | last_layer |" in before and "| reparameterization | lora |" in before
     assert "by specialization (mean E)" in before
+    # the floors the run stored (floors.json, before any training) are in the table
+    floors = json.loads((grid / "floors.json").read_text())
+    assert set(floors) == {"synth-chd", "synth-okvqa", "synth-mme"} and floors["synth-chd"]["majority_from"] == "train"
+    assert "| *floors* | *chance / majority* | " + f"{floors['synth-chd']['chance']:.1f} / " in before
 
 
 def test_resume_skips_finished_cells(grid):

@@ -146,7 +146,11 @@ class FederatedExperiment:
         return split
 
     def _setup(self) -> dict:
-        """Partition and zero-shot events, once (zero-shot scores cached in zeroshot.json)."""
+        """Partition and zero-shot events, once (zero-shot scores cached in zeroshot.json); the
+        tasks' chance / majority floors in floors.json (also for a resumed run that lacks them)."""
+        from fedmllm.eval.floors import ensure_floors
+
+        ensure_floors(self.run.path, self.data, self.cfg.seed)
         path = self.run.path / "zeroshot.json"
         zero = json.loads(path.read_text()) if path.is_file() else None
         from fedmllm.federated.heterogeneity import client_columns

@@ -117,7 +117,7 @@ class PeftMethod(TuningMethod):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out))
-        self._write_method_file(out)
+        self._write_method_file(out, model)
         return out
 
     def load(self, model: nn.Module, in_dir: str | Path) -> None:

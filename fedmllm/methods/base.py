@@ -149,7 +149,7 @@ class TuningMethod(ABC):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file(self.get_state(model), str(out / STATE_FILE), metadata={"format": "pt"})
-        self._write_method_file(out)
+        self._write_method_file(out, model)
         return out
 
     def load(self, model: nn.Module, in_dir: str | Path) -> None:
@@ -166,8 +166,9 @@ class TuningMethod(ABC):
         """JSON-able description: name, family and options."""
         return {"method": self.name, "family": self.family, "options": dataclasses.asdict(self.options)}
 
-    def _write_method_file(self, out: Path) -> None:
-        (out / METHOD_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
+    def _write_method_file(self, out: Path, model: nn.Module) -> None:
+        """The description and the base it was tuned on (`base_of`), checked by `load_method`."""
+        (out / METHOD_FILE).write_text(json.dumps({**self.describe(), **base_of(model)}, indent=2) + "\n")
 
     def _check_method_file(self, path: Path) -> dict[str, Any]:
         info = read_method_file(path)
@@ -232,9 +233,23 @@ def read_method_file(path: str | Path) -> dict[str, Any]:
     return json.loads(f.read_text())
 
 
+def base_of(model: nn.Module) -> dict[str, str]:
+    """What a saved state records of its base: ``base_model_type`` (the transformers model type)
+    and ``base_model`` (its checkpoint folder or hub id; "" for a fresh random init)."""
+    config = getattr(model, "config", None)  # a peft wrapper passes the base's config through
+    return {"base_model_type": str(getattr(config, "model_type", "")),
+            "base_model": str(getattr(config, "_name_or_path", ""))}
+
+
 def load_method(model: nn.Module, in_dir: str | Path) -> tuple[nn.Module, TuningMethod, MethodOptions]:
-    """Apply the method saved in ``in_dir`` (with its options) to a fresh ``model`` and load its state."""
+    """Apply the method saved in ``in_dir`` (with its options) to a fresh ``model`` and load its state.
+    A state saved from another kind of base (``base_model_type``) is a `ValueError`: its keys and
+    shapes may well fit (the tiny models share their LLM's shapes), its weights would not."""
     info = read_method_file(in_dir)
+    saved, live = info.get("base_model_type"), base_of(model)["base_model_type"]
+    if saved and live and saved != live:
+        raise ValueError(f"{in_dir} was tuned on a {saved!r} model ({info.get('base_model') or 'random init'}), "
+                         f"this base is a {live!r} model")
     tuned, method, options = apply_method(model, info["method"], info["options"])
     method.load(tuned, in_dir)
     return tuned, method, options

@@ -3,8 +3,11 @@
 Reads ``config.toml`` (the two models, clients, rounds, public set), ``results.json`` (one entry per
 system: E / F of each side, the gap closed, communication and client compute; written by
 `fedmllm.collab.experiment.write_collab_results`) and ``metrics.jsonl`` (``global_eval`` per side and
-round; the ``zeroshot`` events give round 0). Writes ``report.md`` and, under ``plots/``: the E–F
-scatter of each side, the mean downstream score over rounds and the bytes per client and round.
+round; the ``zeroshot`` events give round 0) and ``floors.json`` (each task's chance / majority
+floors). Writes ``report.md``, with the systems table and the downstream score per task against
+the zero-shot scores and the floors, and under ``plots/``: the E–F scatter of each side, the mean
+downstream score over rounds (with the mean floors) and the bytes per client and round; every plot
+gives a system the same colour and marker (`fedmllm.report.plotting.system_styles`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from fedmllm.errors import UserError
+from fedmllm.report.floors import floors_row, legend, mark, mean_floor, read_floors
 from fedmllm.report.forgetting import SHORT_DEFINITIONS
-from fedmllm.report.plotting import plt_figure, save_figure
+from fedmllm.report.plotting import floor_lines, plt_figure, save_figure, style_of, system_styles
 from fedmllm.runs import atomic_write, read_events, read_json
 
 SIDES = ("large", "small")
@@ -90,12 +94,39 @@ def systems_table(systems: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def colours(names: list[str]) -> dict:
-    """One fixed colour per system, the same in every plot."""
-    import matplotlib
+def zero_shot_scores(events: list[dict]) -> dict[str, dict[str, float]]:
+    """side -> task -> zero-shot downstream score (the small model's event has no side)."""
+    return {e.get("side", "small"): e["downstream"] for e in events if e.get("event") == "zeroshot" and e.get("downstream")}
 
-    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+def downstream_tasks(systems: list[dict], events: list[dict]) -> list[str]:
+    """The downstream tasks the run scored, zero-shot first."""
+    zero = zero_shot_scores(events)
+    return list(dict.fromkeys([t for side in zero.values() for t in side]
+                              + [t for s in systems for side in SIDES for t in (s.get(side) or {}).get("downstream") or {}]))
+
+
+def task_table(systems: list[dict], events: list[dict], floors: dict | None) -> str:
+    """Downstream score per task of every system's sides (E in brackets), under the zero-shot rows
+    of both sides and the floors row; a score below the task's chance marked. "" without scores."""
+    zero = zero_shot_scores(events)
+    rows = [(s["system"], side, s[side]) for s in systems for side in SIDES if (s.get(side) or {}).get("downstream")]
+    tasks = downstream_tasks(systems, events)
+    if not tasks:
+        return ""
+    lines = ["| system [side] | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for side in SIDES:
+        if side in zero:
+            lines.append(f"| base (zero-shot) [{side}] | " + " | ".join(
+                cell(zero[side].get(t), ".1f") + mark(zero[side].get(t), floors, t) for t in tasks) + " |")
+    if floors is not None:
+        lines.append("| *floors: chance / majority* | " + " | ".join(floors_row(floors, tasks)) + " |")
+    for name, side, r in rows:
+        per = r.get("per_task") or {}
+        lines.append(f"| {name} [{side}] | " + " | ".join(
+            cell(r["downstream"].get(t), ".1f") + mark(r["downstream"].get(t), floors, t)
+            + (f" ({per[t]['E']:+.1f})" if t in per else "") for t in tasks) + " |")
+    return "\n".join(lines)
 
 
 def ef_plot(systems: list[dict], side: str, colors: dict, path: Path) -> bool:
@@ -109,7 +140,8 @@ def ef_plot(systems: list[dict], side: str, colors: dict, path: Path) -> bool:
     ax.axvline(0, color="grey", lw=0.8)
     at = defaultdict(list)  # systems on the same spot share one label
     for name, f, e in points:
-        ax.scatter(f, e, color=colors[name], s=50, edgecolors="black", linewidths=0.4, label=name, zorder=3)
+        ax.scatter(f, e, color=colors[name]["color"], marker=colors[name]["marker"], s=50, edgecolors="black",
+                   linewidths=0.4, label=name, zorder=3)
         at[(round(f, 2), round(e, 2))].append(name)
     for (f, e), names in at.items():
         ax.annotate("\n".join(names), (f, e), textcoords="offset points", xytext=(5, 4), fontsize=7, va="bottom")
@@ -142,23 +174,29 @@ def round_series(events: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
     return out
 
 
-def rounds_plot(systems: list[dict], events: list[dict], colors: dict, path: Path) -> bool:
+def rounds_plot(systems: list[dict], events: list[dict], colors: dict, path: Path,
+                floors: Optional[dict] = None) -> bool:
     """Mean downstream score over rounds, one panel per side; systems without per-round evaluations
-    (the baselines large_zero, large_pooled) are dashed lines at their final score."""
+    (the baselines large_zero, large_pooled) are dashed lines at their final score; the mean chance
+    (dashed black) and majority (dotted black) floors over the downstream tasks."""
     from matplotlib.ticker import MaxNLocator
 
     series = round_series(events)
     if not any(series.values()):
         return False
+    tasks = downstream_tasks(systems, events)
+    chance, majority = mean_floor(floors, tasks, "chance"), mean_floor(floors, tasks, "majority")
     fig, axes = plt_figure(11, 4, ncols=2)
     handles = {}
     for ax, side in zip(axes, SIDES):
         for name, (xs, ys) in series[side].items():
-            (handles[name],) = ax.plot(xs, ys, marker="o", ms=3, color=colors.get(name), label=name)
+            (handles[name],) = ax.plot(xs, ys, ms=5, markerfacecolor="none", label=name, **style_of(colors, name))
         for s in systems:
             if s.get(side) and s["system"] not in series[side] and s[side].get("downstream_mean") is not None:
-                handles[f"{s['system']} (final)"] = ax.axhline(s[side]["downstream_mean"], ls="--", lw=1,
-                                                               color=colors[s["system"]])
+                handles[f"{s['system']} (final)"] = ax.axhline(s[side]["downstream_mean"], ls=(0, (6, 2)), lw=1,
+                                                               color=colors[s["system"]]["color"])
+        floor_lines(ax, chance, majority, "mean over datasets")
+        handles.update({ln.get_label(): ln for ln in ax.get_lines() if ln.get_label().startswith(("chance", "majority"))})
         if not series[side]:
             ax.text(0.5, 0.5, f"no per-round evaluations of the {side} model", ha="center", transform=ax.transAxes)
         ax.set_xlabel("round (0 = zero-shot)")
@@ -167,6 +205,7 @@ def rounds_plot(systems: list[dict], events: list[dict], colors: dict, path: Pat
                      "mean over the downstream datasets of the side's global model", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     order = [n for s in systems for n in (s["system"], f"{s['system']} (final)") if n in handles]
+    order += [n for n in handles if n.startswith(("chance", "majority"))]
     fig.legend([handles[n] for n in order], order, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     save_figure(fig, path)
     return True
@@ -187,7 +226,8 @@ def bytes_plot(systems: list[dict], colors: dict, path: Path) -> bool:
         for dx, key, hatch in ((-w / 2, keys[0], None), (w / 2, keys[1], "//")):
             v = s.get(key)
             if v:  # 0 or None: no bar (log scale)
-                ax.bar(i + dx, v, w, color=colors[s["system"]], hatch=hatch, edgecolor="black", linewidth=0.4)
+                ax.bar(i + dx, v, w, color=colors[s["system"]]["color"], hatch=hatch, edgecolor="black",
+                       linewidth=0.4)
                 ax.annotate(human_bytes(v), (i + dx, v), textcoords="offset points", xytext=(0, 2), ha="center",
                             fontsize=6, rotation=90, va="bottom")
     ax.set_yscale("log")
@@ -209,10 +249,12 @@ def bytes_plot(systems: list[dict], colors: dict, path: Path) -> bool:
     return True
 
 
-def build_plots(run_dir: Path, systems: list[dict], events: list[dict]) -> list[str]:
-    plots, colors = run_dir / "plots", colours([s["system"] for s in systems])
+def build_plots(run_dir: Path, systems: list[dict], events: list[dict], floors: Optional[dict] = None) -> list[str]:
+    plots = run_dir / "plots"
+    names = [s["system"] for s in systems]
+    colors = system_styles(names + [e["system"] for e in events if e.get("event") == "global_eval" and "system" in e])
     made = [f"collab_ef_{s}.png" for s in SIDES if ef_plot(systems, s, colors, plots / f"collab_ef_{s}.png")]
-    if rounds_plot(systems, events, colors, plots / "collab_rounds.png"):
+    if rounds_plot(systems, events, colors, plots / "collab_rounds.png", floors):
         made.append("collab_rounds.png")
     if bytes_plot(systems, colors, plots / "collab_bytes.png"):
         made.append("collab_bytes.png")
@@ -226,6 +268,7 @@ def write_report(run_dir) -> Path:
     if not isinstance(results, dict) or results.get("kind") != "collab":
         raise UserError(f"{run_dir / 'results.json'} is not a collaboration run's results (kind != \"collab\")")
     systems, events = results.get("systems", []), list(read_events(run_dir))
+    floors = read_floors(run_dir)
     parts = [f"# Collaboration run — `{run_dir.name}`\n", *header(run_dir, systems), "", DEFINITIONS, "",
              "## Systems\n", systems_table(systems), "",
              f"Per-round columns are means over the clients' replies; {NONE} = the system has no such side or "
@@ -233,7 +276,11 @@ def write_report(run_dir) -> Path:
              "test samples." + DECODE_NOTE * any(s.get("family") == "decode" for s in systems), "",
              SHORT_DEFINITIONS, ""]
     parts += [f"- `{s['system']}` ({s.get('family', '?')}): {s.get('description', '')}" for s in systems] + [""]
-    names = build_plots(run_dir, systems, events)
+    table = task_table(systems, events, floors)
+    if table:
+        parts += ["## Downstream score per task\n", "Cells: score (E vs that side's zero-shot), points.\n", table, "",
+                  legend(floors, downstream_tasks(systems, events)), ""]
+    names = build_plots(run_dir, systems, events, floors)
     if names:
         parts.append("## Plots\n")
         parts += [f"![{n[:-4]}](plots/{n})\n" for n in names]

@@ -2,10 +2,10 @@
 
 Tables: the partition (client × dataset counts); federated strategies against the ``pooled`` and
 ``local`` baselines per dataset (score and E), F (the paper's), F_rel (relative retention) and
-F_acc (accuracy tasks only; `fedmllm.metrics.efo`) and mean O; communication totals; rankings.
-Plots: the downstream score and the forgetting F, F_rel and F_acc over rounds, drift over rounds
-(update norms, cosines, B-local dissimilarity, LoRA aggregation discrepancy), client-update cosine
-heatmaps, train loss.
+F_acc (accuracy tasks only; `fedmllm.metrics.efo`) and mean O, with each dataset's chance /
+majority floors (``floors.json``) and scores below chance marked; F broken down per upstream task;
+communication totals; rankings.
+Plots: `fedmllm.report.rounds` (per round, from round 0 = the zero-shot base; one style per system).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from fedmllm.metrics.efo import forgetting_summary, task_metrics
+from fedmllm.metrics.efo import task_metrics
+from fedmllm.report.floors import floors_row, legend, mark, read_floors
 from fedmllm.report.forgetting import SHORT_DEFINITIONS, definitions, fmt, system_variants
-from fedmllm.report.plotting import plt_figure, save_figure
+from fedmllm.report.plotting import system_styles
+from fedmllm.report.rounds import build_plots, report_systems
 from fedmllm.runs import atomic_write, read_events, read_json
 
 
@@ -53,15 +55,42 @@ def _systems(run_dir: Path) -> list[dict]:
     return sorted(out, key=lambda s: (order.get(s["system"], 1), s["system"]))
 
 
-def comparison_table(systems: list[dict], zero: dict) -> str:
+def comparison_table(systems: list[dict], zero: dict, floors: dict | None = None) -> str:
+    """Systems × downstream datasets (score and E), F, F_rel, F_acc, mean E and O; the zero-shot
+    base and, where recorded, the floors as rows; a score below its dataset's chance marked."""
     tasks = list(zero["downstream"])
+    down = zero["downstream"]
     lines = ["| system | kind | " + " | ".join(tasks) + " | F | F_rel (%) | F_acc | mean E | mean O |",
              "|" + "---|" * (len(tasks) + 7),
-             "| base (zero-shot) | – | " + " | ".join(f"{zero['downstream'][t]:.1f}" for t in tasks) + " | – | – | – | – | – |"]
+             "| base (zero-shot) | – | " + " | ".join(f"{down[t]:.1f}{mark(down[t], floors, t)}" for t in tasks)
+             + " | – | – | – | – | – |"]
+    if floors is not None:
+        lines.append("| *floors* | *chance / majority* | " + " | ".join(floors_row(floors, tasks)) + " |" + " – |" * 5)
     for s in systems:
-        cells = " | ".join(f"{s['per_task'][t]['score']:.1f} ({s['per_task'][t]['E']:+.1f})" for t in tasks)
+        cells = " | ".join(f"{s['per_task'][t]['score']:.1f}{mark(s['per_task'][t]['score'], floors, t)} "
+                           f"({s['per_task'][t]['E']:+.1f})" for t in tasks)
         lines.append(f"| {s['system']} | {s['kind']} | {cells} | {s['F']:+.1f} | {fmt(s.get('F_rel'))} | "
                      f"{fmt(s.get('F_acc'))} | {s['E']:+.1f} | {s['O']:+.1f} |")
+    return "\n".join(lines)
+
+
+def upstream_table(systems: list[dict], zero: dict, floors: dict | None = None) -> str:
+    """F per upstream task: S(final, u) − S(base, u) per system (its score in brackets), from the
+    stored final scores; the zero-shot base and the floors as rows. "" without upstream scores."""
+    base = zero.get("upstream") or {}
+    ups = [u for u in base if any(u in (s.get("upstream") or {}) for s in systems)]
+    if not ups:
+        return ""
+    metric = task_metrics(ups)
+    lines = ["| system | " + " | ".join(f"{u} ({metric[u] or '?'})" for u in ups) + " | F (mean) |",
+             "|" + "---|" * (len(ups) + 2),
+             "| base (zero-shot) | " + " | ".join(f"{base[u]:.1f}{mark(base[u], floors, u)}" for u in ups) + " | – |"]
+    if floors is not None:
+        lines.append("| *floors: chance / majority* | " + " | ".join(floors_row(floors, ups)) + " | – |")
+    for s in systems:
+        up = s.get("upstream") or {}
+        cells = [f"{up[u] - base[u]:+.1f} ({up[u]:.1f}{mark(up[u], floors, u)})" if u in up else "–" for u in ups]
+        lines.append(f"| {s['system']} | " + " | ".join(cells) + f" | {s['F']:+.1f} |")
     return "\n".join(lines)
 
 
@@ -122,128 +151,19 @@ def ranking_table(systems: list[dict], rounds: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _line_plot(series: dict[str, tuple[list, list]], title: str, ylabel: str, path: Path,
-               hlines: dict[str, float] | None = None) -> None:
-    fig, ax = plt_figure(6.5, 4)
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=3, label=name)
-    for i, (name, y) in enumerate((hlines or {}).items()):
-        ax.axhline(y, ls="--", lw=1, color=f"C{(len(series) + i) % 10}", label=f"{name} (final)")
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    save_figure(fig, path)
-
-
-def _drift_plot(rounds: dict[str, list[dict]], path: Path) -> None:
-    keys = [("update_norm_mean", "mean client update norm"), ("cosine_pairwise_mean", "mean pairwise cosine"),
-            ("b_local", "B-local dissimilarity"), ("lora_discrepancy", "LoRA aggregation discrepancy")]
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (key, label) in zip(axes.flat, keys):
-        for system, rs in rounds.items():
-            for prefix in (("",) if key == "lora_discrepancy" else ("all.", "lora_dW.")):
-                ys = [r.get("drift", {}).get(prefix + key) for r in rs]
-                if any(y is not None for y in ys):
-                    ax.plot([r["round"] for r in rs], ys, marker="o", ms=3,
-                            label=f"{system}{' ' + prefix.rstrip('.') if prefix else ''}")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("round")
-        ax.legend(fontsize=6)
-    save_figure(fig, path)
-
-
-def _heatmap(matrix: list[list[float]], clients: list[int], title: str, path: Path) -> None:
-    import numpy as np
-
-    fig, ax = plt_figure(4.8, 4)
-    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(clients)), clients)
-    ax.set_yticks(range(len(clients)), clients)
-    ax.set_xlabel("client")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    save_figure(fig, path)
-
-
-def round_variants(run_dir: Path, evals: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Per system, its ``global_eval`` events that measured F, with F_rel / F_acc added: computed
-    from the event's upstream scores against the zero-shot scores of the same upstream subsample
-    (``zeroshot.json`` "small"), as the event's F is. Events it cannot compute them for get None."""
-    path = run_dir / "zeroshot.json"
-    small = ((read_json(path).get("small") or {}).get("upstream") or {}) if path.is_file() else {}
-    metrics = task_metrics(small)
-    out: dict[str, list[dict]] = {}
-    for system, es in evals.items():
-        rows = []
-        for e in es:
-            if "F" not in e:
-                continue
-            up = e.get("upstream") or {}
-            row = {"round": e["round"], "F_rel": None, "F_acc": None}
-            if up and set(up) <= set(small):
-                fs = forgetting_summary(up, {u: small[u] for u in up}, metrics)
-                row.update(F_rel=fs["F_rel"], F_acc=fs["F_acc"])
-            rows.append(row)
-        out[system] = rows
-    return out
-
-
-def build_plots(run_dir: Path, events: list[dict], systems: list[dict]) -> list[str]:
-    plots = run_dir / "plots"
-    evals, rounds, losses = defaultdict(list), defaultdict(list), defaultdict(lambda: defaultdict(list))
-    for e in events:
-        if e.get("event") == "global_eval":
-            evals[e["system"]].append(e)
-        elif e.get("event") == "round":
-            rounds[e["system"]].append(e)
-        elif e.get("event") == "client_train":
-            losses[e["system"]][e["round"]].append(e["train_loss"])
-    final = {s["system"]: s for s in systems}
-    base = {k: v for k, v in final.items() if k in ("pooled", "local")}
-    out = []
-    if evals:
-        series = {s: ([e["round"] for e in es], [sum(e["downstream"].values()) / len(e["downstream"]) for e in es])
-                  for s, es in evals.items()}
-        _line_plot(series, "Global model: mean downstream score", "score (points)", plots / "rounds_downstream.png",
-                   {k: v["downstream_mean"] for k, v in base.items()})
-        out.append("rounds_downstream.png")
-        fs = {s: ([e["round"] for e in es if "F" in e], [e["F"] for e in es if "F" in e]) for s, es in evals.items()}
-        _line_plot(fs, "Forgetting: F over rounds (upstream change vs base)", "F (points)", plots / "rounds_forgetting.png",
-                   {k: v["F"] for k, v in base.items()})
-        out.append("rounds_forgetting.png")
-        variants = round_variants(run_dir, evals)
-        for key, title, ylabel in (("F_rel", "Forgetting: F_rel over rounds (relative change vs base)", "F_rel (% of base)"),
-                                   ("F_acc", "Forgetting: F_acc over rounds (accuracy tasks only)", "F_acc (points)")):
-            series = {s: ([e["round"] for e in es if e.get(key) is not None], [e[key] for e in es if e.get(key) is not None])
-                      for s, es in variants.items()}
-            if any(xs for xs, _ in series.values()):
-                _line_plot(series, title, ylabel, plots / f"rounds_forgetting_{key}.png",
-                           {k: v[key] for k, v in base.items() if v.get(key) is not None})
-                out.append(f"rounds_forgetting_{key}.png")
-        for s, es in evals.items():
-            per = {t: ([e["round"] for e in es], [e["downstream"][t] for e in es]) for t in es[0]["downstream"]}
-            _line_plot(per, f"{s}: downstream score per dataset", "score", plots / f"rounds_tasks_{s}.png")
-            out.append(f"rounds_tasks_{s}.png")
-    if any(r.get("drift") for rs in rounds.values() for r in rs):  # off: federated.instrument = false
-        _drift_plot(rounds, plots / "drift.png")
-        out.append("drift.png")
-        for s, rs in rounds.items():
-            d = rs[-1].get("drift", {})
-            key = "lora_dW.cosine_matrix" if d.get("lora_dW.cosine_matrix") else "all.cosine_matrix"
-            if d.get(key):
-                _heatmap(d[key], d.get("clients", list(range(len(d[key])))),
-                         f"{s}: client-update cosine, round {rs[-1]['round']} ({key.split('.')[0]})",
-                         plots / f"cosine_{s}.png")
-                out.append(f"cosine_{s}.png")
-    if losses:
-        series = {s: (sorted(r), [sum(r[k]) / len(r[k]) for k in sorted(r)]) for s, r in losses.items()}
-        _line_plot(series, "Mean client training loss", "loss", plots / "train_loss.png")
-        out.append("train_loss.png")
-    return out
+def result_sections(systems: list[dict], zero: dict, floors: dict | None) -> list[str]:
+    """The comparison table with its floors and definitions, and F per upstream task."""
+    parts = ["## Federated vs pooled vs local\n",
+             "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
+             "(negative = forgetting); O = E + F, averaged over datasets.\n",
+             comparison_table(systems, zero, floors), "", legend(floors, zero["downstream"]), "", definitions(systems), ""]
+    table = upstream_table(systems, zero, floors)
+    if table:
+        parts += ["## Forgetting per upstream task\n",
+                  "Cells: S(final, u) − S(base, u) in points (the final score in brackets), on the full upstream "
+                  "sets; F is their mean, so a large-scale metric (CIDEr-D × 100) weighs most. A score at its "
+                  "floor has nothing left to forget.\n", table, ""]
+    return parts
 
 
 def build_federated_report(run_dir: Path) -> Path:
@@ -262,11 +182,10 @@ def build_federated_report(run_dir: Path) -> Path:
     if (run_dir / "partition.json").is_file():
         part = Partition.from_json(read_json(run_dir / "partition.json"))
         parts += ["## Partition (training samples per client and dataset)\n", "```", part.counts_table(_client_columns(run_dir)), "```\n"]
+    floors = read_floors(run_dir)
+    styles = system_styles(report_systems(systems, events))  # one style per system in every panel
     if zero and systems:
-        parts += ["## Federated vs pooled vs local\n",
-                  "Cells: score (E vs zero-shot), points. F = mean upstream change of the final model "
-                  "(negative = forgetting); O = E + F, averaged over datasets.\n",
-                  comparison_table(systems, zero), "", definitions(systems), ""]
+        parts += result_sections(systems, zero, floors)
     if rounds:
         parts += ["## Communication and LoRA aggregation\n",
                   "LoRA aggregation error: ||dW_global - sum_k p_k dW_k|| / ||sum_k p_k dW_k|| with "
@@ -283,11 +202,11 @@ def build_federated_report(run_dir: Path) -> Path:
                   SHORT_DEFINITIONS, ""]
     from fedmllm.report.trust import trust_sections
 
-    parts += trust_sections(run_dir, systems, events)
+    parts += trust_sections(run_dir, systems, events, styles)
     failures = [e for e in events if e.get("event") == "client_failed"]
     if failures:
         parts.append(f"**Client failures:** {len(failures)} (see `metrics.jsonl`, event `client_failed`).\n")
-    names = build_plots(run_dir, events, systems)
+    names = build_plots(run_dir, events, systems, floors, styles)
     if names:
         parts.append("## Over rounds\n")
         parts += [f"![{n[:-4]}](plots/{n})" for n in names]

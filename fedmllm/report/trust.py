@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from fedmllm.report.plotting import plt_figure, save_figure
+from fedmllm.report.plotting import legend_outside, plt_figure, save_figure, style_of, system_colours, system_styles
 
 RETAINED = ("retained = the system's mean downstream score / clean FedAvg's, in percent (100 = as good as "
             "FedAvg without attackers)")
@@ -124,15 +124,16 @@ def privacy_plot(systems: list[dict], events: list[dict], path: Path) -> bool:
     rows = [s for s in systems if s.get("noise_multiplier") is not None and not s.get("attack")]
     if not rows:
         return False
-    fig, axes = plt_figure(10, 4, ncols=2)
+    fig, axes = plt_figure(11, 4, ncols=2)
     by = defaultdict(list)
     for s in rows:
         by[s["strategy"]].append(s)
+    colours = system_colours(list(by))
     for i, (key, label) in enumerate((("downstream_mean", "mean downstream score (points)"),
                                       ("F", "F: mean upstream change (points)"))):
         ax = axes[i]
-        for j, (strategy, rs) in enumerate(by.items()):
-            color = f"C{j}"
+        for strategy, rs in by.items():
+            color = colours[strategy]
             finite = sorted((eps[s["system"]], s[key]) for s in rs
                             if s["system"] in eps and eps[s["system"]] != float("inf"))
             if finite:
@@ -143,38 +144,43 @@ def privacy_plot(systems: list[dict], events: list[dict], path: Path) -> bool:
         ax.set_xscale("log")
         ax.set_xlabel("epsilon after the last round (log scale)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    axes[0].set_title("Downstream score vs privacy budget")
-    axes[1].set_title("Forgetting vs privacy budget")
+    legend_outside(axes[1])
+    axes[0].set_title("Downstream score vs privacy budget\nfinal global model; smaller epsilon = more private", fontsize=9)
+    axes[1].set_title("Forgetting vs privacy budget\nF = mean upstream change vs base; negative = forgetting", fontsize=9)
     save_figure(fig, path)
     return True
 
 
-def failures_plot(events: list[dict], path: Path) -> bool:
-    """Per round and system: rejected replies and stragglers (late replies); False if none."""
+def failures_plot(events: list[dict], path: Path, styles: Optional[dict] = None) -> bool:
+    """Per round and system: rejected replies and stragglers (late replies); False if none.
+    ``styles``: the report's system styles (`plotting.system_styles`)."""
     rounds = defaultdict(list)
     for e in events:
         if e.get("event") == "round":
             rounds[e["system"]].append(e)
     if not any(e.get("rejected") or e.get("stragglers") for rs in rounds.values() for e in rs):
         return False
-    fig, axes = plt_figure(10, 4, ncols=2)
-    for j, (system, rs) in enumerate(rounds.items()):
+    styles = styles or system_styles(list(rounds))
+    fig, axes = plt_figure(11, 4, ncols=2)
+    for system, rs in rounds.items():
         xs = [e["round"] for e in rs]
-        axes[0].plot(xs, [e.get("rejected", 0) for e in rs], "o-", color=f"C{j % 10}", label=system)
-        axes[1].plot(xs, [e.get("stragglers", 0) for e in rs], "o-", color=f"C{j % 10}", label=system)
-    for ax, title in ((axes[0], "Rejected replies (failed the reply check)"),
-                      (axes[1], "Stragglers (no reply within federated.round_timeout_s)")):
-        ax.set_title(title)
+        for ax, key in ((axes[0], "rejected"), (axes[1], "stragglers")):
+            ax.plot(xs, [e.get(key, 0) for e in rs], ms=5, markerfacecolor="none", label=system,
+                    **style_of(styles, system))
+    for ax, title in ((axes[0], "Rejected replies per round\n(failed the reply check: never aggregated)"),
+                      (axes[1], "Stragglers per round\n(no reply within federated.round_timeout_s)")):
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("round")
-        ax.set_ylabel("clients")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("clients (count)")
+    legend_outside(axes[1])
     save_figure(fig, path)
     return True
 
 
-def trust_sections(run_dir: Path, systems: list[dict], events: list[dict]) -> list[str]:
-    """The report's robustness, privacy and failure sections (markdown lines; [] if none apply)."""
+def trust_sections(run_dir: Path, systems: list[dict], events: list[dict],
+                   styles: Optional[dict] = None) -> list[str]:
+    """The report's robustness, privacy and failure sections (markdown lines; [] if none apply);
+    ``styles``: the report's system styles, so a system looks the same as in its other plots."""
     parts: list[str] = []
     plots = run_dir / "plots"
     table = robustness_table(systems)
@@ -193,6 +199,6 @@ def trust_sections(run_dir: Path, systems: list[dict], events: list[dict]) -> li
                   "the RDP accountant after the last round.\n", table, ""]
         if privacy_plot(systems, events, plots / "privacy.png"):
             parts.append("![privacy](plots/privacy.png)\n")
-    if failures_plot(events, plots / "failures.png"):
+    if failures_plot(events, plots / "failures.png", styles):
         parts += ["## Rejected and late clients\n", "![failures](plots/failures.png)\n"]
     return parts

@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from fedmllm.errors import UserError
 from fedmllm.faults import crash_point
 from fedmllm.training.hooks import TrainHook
+from fedmllm.training.progress import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class TrainStats:
 
 def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[list], dict],
                 cfg: TrainConfig, *, seed: int, hooks: Sequence[TrainHook] = (),
-                progress: bool = False, checkpoint: Optional[LoopCheckpoint] = None) -> TrainStats:
+                progress: bool | str = False, checkpoint: Optional[LoopCheckpoint] = None) -> TrainStats:
     """Train ``model``'s trainable parameters on ``samples``; returns `TrainStats`.
 
     ``collate(list_of_samples)`` gives the model's keyword arguments including ``labels``;
@@ -167,6 +167,10 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
     same result as an uninterrupted call (``seconds`` covers this call only). ``model`` must be in
     the state the interrupted call started from except for its trainable parameters, which are
     restored.
+
+    ``progress`` (True, or a label such as a grid cell's name) reports steps, loss and s/step while
+    it trains (`fedmllm.training.progress`: one updating line on a terminal, a line per quarter
+    of the steps elsewhere).
     """
     cfg.validate()
     if not samples:
@@ -200,7 +204,7 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
         for _ in range(first * cfg.grad_accum):  # the micro-batches already consumed
             next(order)
         log.info("train_local: resuming at step %d/%d from %s", first, total, checkpoint.path)
-    bar = tqdm(total=total, initial=first, desc="train", leave=False) if progress else None
+    bar = StepProgress(total, first, progress if isinstance(progress, str) else "train") if progress else None
     was_training = model.training
     model.train()
     for hook in hooks:
@@ -245,12 +249,9 @@ def train_local(model: nn.Module, samples: Sequence[Any], collate: Callable[[lis
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             if bar is not None:
-                bar.update(1)
+                bar.update(step + 1, step_loss)
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                value = step_loss.item()
-                log.info("step %d/%d loss %.4f lr %.3g", step + 1, total, value, scheduler.get_last_lr()[0])
-                if bar is not None:
-                    bar.set_postfix(loss=f"{value:.4f}")
+                log.info("step %d/%d loss %.4f lr %.3g", step + 1, total, step_loss.item(), scheduler.get_last_lr()[0])
             if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < total:
                 _save_checkpoint(checkpoint.path, {
                     **run_id, "step": step + 1, "examples": examples,
