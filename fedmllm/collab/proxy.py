@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from fedmllm.collab.align import exact_map
 from fedmllm.data.collate import encode_generate, to_model
 from fedmllm.data.record import Sample
-from fedmllm.eval.generate import _generation_ids
+from fedmllm.eval.generate import _generation_ids, left_padded_positions
 
 
 def proxy_logits(large: torch.Tensor, tuned: torch.Tensor, base: torch.Tensor,
@@ -125,9 +125,7 @@ def _generate_batch(large_model, large_processor, tuned_model, base_model, small
 def _last_logits(model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
     """Last-position logits (B, V) of ``model`` on a left-padded ``batch``; position ids from the
     attention mask as ``generate`` makes them, so padding does not shift the positions."""
-    mask = batch["attention_mask"]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    inputs = to_model({**batch, "position_ids": positions}, model)
+    inputs = to_model({**batch, "position_ids": left_padded_positions(batch["attention_mask"])}, model)
     return model(**inputs, use_cache=False).logits[:, -1].float()
 
 
