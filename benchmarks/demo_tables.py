@@ -3,8 +3,9 @@
     python benchmarks/demo_tables.py runs/demo-<timestamp>
 
 Prints the centralized table (score and E / F / O per method and task, mean ± 95% CI over the
-seeds), the federated table (mean E, F, own models per system) and the paired differences the
-demo report makes; README's "What the demo shows" is this output, so it cannot drift from the code.
+seeds, the tasks' chance / majority floors under the scores), the federated tables (mean E, F,
+own models per system; the global model's score per task with its floors) and the paired
+differences the demo report makes; README's "What the demo shows" is this output, so it cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ def _get(summary: dict | None, spec: str = "+.1f") -> str:
     mean, half = summary["mean"], summary["ci95_half"]
     text = format(mean, spec)
     return text if half is None else f"{text} ± {format(half, spec.lstrip('+'))}"
+
+
+def _floors(half: dict, tasks: list[str]) -> list[str]:
+    """"chance / majority" per task (means over the seeds; the floors depend on the data only)."""
+    def one(t: str) -> str:
+        f = half.get("floors", {}).get(t) or {}
+        vals = [f.get(k) for k in ("chance", "majority")]
+        return " / ".join("–" if v is None else f"{v['mean']:.1f}" for v in vals)
+    return [one(t) for t in tasks]
 
 
 def main(argv: list[str]) -> int:
@@ -46,6 +56,7 @@ def main(argv: list[str]) -> int:
                 parts += [_get(r.get("score"), ".1f"), _get(r.get("E")), _get(r.get("F"))]
             summary = next(r for k, r in rows.items() if k[0] == "method" and k[2] == m)
             print(f"| {m} | " + " | ".join(parts) + f" | {_get(summary.get('O'))} |")
+        print("| *chance / majority* | " + " | ".join(c for f in _floors(cen, tasks) for c in (f, "", "")) + " | |")
         print()
     fed = results["halves"].get("federated")
     if fed:
@@ -56,6 +67,15 @@ def main(argv: list[str]) -> int:
                 print(f"| {k[1]} | {_get(r.get('E'))} | {_get(r.get('F'))} | {_get(r.get('F_acc'))} | "
                       f"{_get(r.get('personalized'), '.1f')} |")
         print()
+        cells = [k for k in rows if k[0] == "system_task"]
+        tasks = list(dict.fromkeys(k[2] for k in cells))
+        if tasks:
+            print("| system: final global model's score | " + " | ".join(tasks) + " |\n|---|" + "---|" * len(tasks))
+            for system in dict.fromkeys(k[1] for k in cells):
+                print(f"| {system} | " + " | ".join(_get(rows.get(("system_task", system, t), {}).get("score"), ".1f")
+                                                    for t in tasks) + " |")
+            print("| *chance / majority* | " + " | ".join(_floors(fed, tasks)) + " |")
+            print()
     print("| paired difference (A − B) | ΔE | ΔF | ΔO |\n|---|---|---|---|")
     for half in (cen, fed):
         for p in (half or {}).get("paired", []):
