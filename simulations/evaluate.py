@@ -27,7 +27,6 @@ from fedmllm.runs import atomic_write, check_writable, read_json, write_json
 
 MAX_N = 10**6  # test samples per task, as config key data.test_n
 SCORES, PREDICTIONS = "scores.json", "predictions.jsonl"
-RESIDUAL_FILE = "lora_residual.safetensors"  # merged LoRA updates of a federated adapter (W = W0 + R)
 # without --adapter (or a run around it): the command line's defaults
 DEFAULTS = {"model": "tiny-llava-ov", "tasks": ["synth-scienceqa", "synth-okvqa"], "n": 64, "batch_size": 32,
             "seed": 0}
@@ -125,13 +124,14 @@ def load_adapter(model, adapter: Adapter, base: str):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from fedmllm.federated import lora
     from fedmllm.methods import METHODS
     from fedmllm.methods.base import base_method, load_method
 
     METHODS.get(base_method(adapter.method))  # an unknown method: the registry's message
     try:
         tuned, _, _ = load_method(model, adapter.path)
-        residual = adapter.path / RESIDUAL_FILE
+        residual = adapter.path / lora.RESIDUAL_FILE
         if residual.is_file():
             _add_residuals(tuned, load_file(str(residual)))
     except (ValueError, RuntimeError, OSError, SafetensorError) as e:
@@ -145,11 +145,11 @@ def _add_residuals(model, residuals: Mapping) -> None:
     import torch
 
     from fedmllm.federated.lora import RESIDUAL_SUFFIX
+    from fedmllm.federated.tuned import base_weight
 
     with torch.no_grad():
         for key, r in residuals.items():
-            module = model.get_submodule(key[: -len(RESIDUAL_SUFFIX)].rstrip("."))
-            weight = getattr(module, "base_layer", module).weight
+            weight = base_weight(model, key[: -len(RESIDUAL_SUFFIX)])
             if tuple(r.shape) != tuple(weight.shape):
                 raise ValueError(f"residual {key!r} has shape {tuple(r.shape)}, the base weight {tuple(weight.shape)}")
             weight.add_(r.to(weight.device, weight.dtype))

@@ -99,3 +99,25 @@ def test_bad_adapter_input_is_one_line_and_writes_nothing(grid, capsys, tmp_path
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, (extra, err)
         assert lines[0].startswith("fedmllm eval: error: ") and fragment in lines[0], (extra, lines[0])
         assert not out.exists(), extra
+
+
+def test_saved_residuals_are_added_to_the_base_weights(tmp_path):
+    """An adapter saved with ``lora_residual.safetensors`` (residual LoRA rules) loads as W0 + R."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fedmllm.federated.lora import RESIDUAL_FILE, RESIDUAL_SUFFIX
+    from fedmllm.federated.tuned import base_weight
+    from fedmllm.methods.base import apply_method
+    from fedmllm.models.registry import build_model
+    from simulations.evaluate import Adapter, load_adapter
+
+    tuned, method, _ = apply_method(build_model("tiny-vila", pretrained=False, seed=0).model, "lora", {})
+    method.save(tuned, tmp_path)
+    prefix = next(k.split("lora_A")[0] for k in method.get_state(tuned) if "lora_A" in k)
+    w0 = base_weight(tuned, prefix).detach().clone()
+    r = torch.full_like(w0, 0.25)
+    save_file({prefix + RESIDUAL_SUFFIX: r}, str(tmp_path / RESIDUAL_FILE))
+    loaded = load_adapter(build_model("tiny-vila", pretrained=False, seed=0).model, Adapter(tmp_path, "lora"),
+                          "tiny-vila")
+    assert torch.equal(base_weight(loaded, prefix), w0 + r)

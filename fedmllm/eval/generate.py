@@ -37,8 +37,8 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     """Greedy answers to ``samples``, in order: only the new tokens, special tokens skipped.
 
     Left-padded batches of ``batch_size`` are decoded greedily (`greedy_batch`: KV cache, finished
-    rows dropped; a peft prompt-tuning model: its soft prompt in front, `with_soft_prompt`) under ``torch.inference_mode`` in eval mode; the model's train/eval mode is
-    restored after.
+    rows dropped; a peft prompt-tuning model: its soft prompt in front, `with_soft_prompt`) under
+    ``torch.inference_mode`` in eval mode; the model's train/eval mode is restored after.
     Samples are batched in order of prompt length (less padding, similar answer lengths per
     batch); the answers come back in the order of ``samples``.
     """
@@ -54,7 +54,7 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     soft_prompt = kind == "PROMPT_TUNING"
     if not soft_prompt and getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         raise ValueError(f"generate: peft prompt-learning type {kind} is not supported (prompt tuning is)")
-    decoder = model
+    decoder = model.base_model if soft_prompt else model
     try:
         with torch.inference_mode():
             for start in range(0, len(samples), batch_size):
@@ -62,7 +62,7 @@ def generate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
                 batch = encode_generate(processor, [samples[i] for i in idx], [prompts[i] for i in idx])
                 batch = to_model(batch, model)
                 if soft_prompt:
-                    decoder, batch = model.base_model, with_soft_prompt(model, batch)
+                    batch = with_soft_prompt(model, batch)
                 new = greedy_batch(decoder, batch, max_new_tokens, **ids)
                 texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
                 for i, text in zip(idx, texts):
@@ -121,7 +121,7 @@ def greedy_batch(model: PreTrainedModel, batch: dict[str, Any], max_new_tokens: 
 
     One prefill forward over the prompts (images included), then one single-token forward per step
     on the rows still decoding; a finished row is removed from the batch and from the KV cache
-    (`Cache.batch_select_indices`; a cache without it keeps every row and ignores the finished).
+    (`Cache.batch_select_indices`, which every transformers 5 cache has).
     """
     mask = batch["attention_mask"]  # ``batch``: input_ids or inputs_embeds, attention_mask, images
     rows = mask.shape[0]
@@ -132,22 +132,16 @@ def greedy_batch(model: PreTrainedModel, batch: dict[str, Any], max_new_tokens: 
     cache, last = _cache_of(out), positions[:, -1:]
     new = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=mask.device)
     alive = torch.arange(rows, device=mask.device)  # the batch rows still decoding, in cache order
-    finished = torch.zeros(rows, dtype=torch.bool, device=mask.device)  # for a cache that keeps rows
-    droppable = hasattr(cache, "batch_select_indices")
     for step in range(max_new_tokens):
         token = out.logits[:, -1].float().argmax(-1)
-        if droppable:
-            new[alive, step] = token
-        else:  # every row still in the batch: the finished keep their padding
-            new[:, step] = torch.where(finished, new[:, step], token)
-        finished = finished | torch.isin(token, eos)
+        new[alive, step] = token
+        finished = torch.isin(token, eos)
         if step + 1 == max_new_tokens or bool(finished.all()):
             break
-        if droppable and bool(finished.any()):
+        if bool(finished.any()):
             stay = (~finished).nonzero().squeeze(1)
             cache.batch_select_indices(stay)
             alive, token, mask, last = alive[stay], token[stay], mask[stay], last[stay]
-            finished = finished[stay]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last = last + 1
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last, use_cache=True,

@@ -28,7 +28,7 @@ from fedmllm.federated.algorithms.base import Arrays
 from fedmllm.federated.checkpoint import CheckpointStore, Progress
 from fedmllm.federated.client import ClientRuntime, config_key
 from fedmllm.federated.drift import weight_divergence
-from fedmllm.federated.lora import is_residual
+from fedmllm.federated.lora import RESIDUAL_FILE, is_residual
 from fedmllm.federated.results import system_result
 from fedmllm.federated.rounds import LoopSettings, Observer, RoundLoop, Transport
 from fedmllm.federated.runtime import ServerRuntime, build_partition
@@ -240,7 +240,7 @@ class FederatedExperiment:
         if residuals:  # updates merged into the base weights (FLoRA, FedEx-LoRA): W = W0 + R
             from safetensors.numpy import save_file
 
-            save_file(residuals, str(out / "lora_residual.safetensors"))
+            save_file(residuals, str(out / RESIDUAL_FILE))
         write_json(out / "round.json", {"system": system, "round": server_round})
 
     def run_strategy(self, name: str) -> dict:

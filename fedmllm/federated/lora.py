@@ -16,6 +16,7 @@ import numpy as np
 
 A_SUFFIX, B_SUFFIX = "lora_A.weight", "lora_B.weight"
 RESIDUAL_SUFFIX = "lora_residual"  # R of the layer: an update merged into its base weight
+RESIDUAL_FILE = "lora_residual.safetensors"  # a saved adapter's residuals, beside its state
 
 
 def layers(keys: Sequence[str], strict: bool = True) -> list[str]:

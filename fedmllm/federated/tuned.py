@@ -97,7 +97,7 @@ class TunedModels:
         wanted = {k[: -len(lora.RESIDUAL_SUFFIX)]: v for k, v in residuals.items()}
         with torch.no_grad():
             for prefix in set(wanted) | set(tuned.base_weights):
-                weight = _base_weight(tuned.model, prefix)
+                weight = base_weight(tuned.model, prefix)
                 if prefix not in tuned.base_weights:
                     tuned.base_weights[prefix] = weight.detach().clone()
                 w0 = tuned.base_weights[prefix]
@@ -111,7 +111,7 @@ class TunedModels:
                     weight.copy_(w0)
 
 
-def _base_weight(model, prefix: str):
+def base_weight(model, prefix: str):
     """The frozen base weight of the LoRA layer a state prefix names (peft's ``base_layer``)."""
     module = model.get_submodule(prefix.rstrip("."))
     base = getattr(module, "base_layer", module)
