@@ -128,8 +128,8 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
 
 def card_means(scores: dict[str, float]) -> dict[str, float]:
     """The plain mean of the upstream scores (README's convention, CIDEr-D × 100 included) and
-    the mean over the accuracy-type tasks only: CIDEr-D × 100 is not bounded by 100 (templated
-    twin captions reach several hundred), so the ≥ 85 % target is read on the accuracy tasks."""
+    the mean over the accuracy-type tasks only: CIDEr-D × 100 is not bounded by 100 (a caption
+    matching its references scores above 100), so the ≥ 85 % target is read on the accuracy tasks."""
     from fedmllm.data.registry import TASKS
 
     acc = [s for t, s in scores.items() if TASKS.get(t).metric != "cider_d"]

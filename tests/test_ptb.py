@@ -115,8 +115,8 @@ def test_punctuation_list_is_pycocoevalcaps():
 
 @pytest.mark.parametrize("twin", ["synth-coco-caption", "synth-flickr30k"])
 def test_twin_references_tokenize_the_same_either_way(twin):
-    # The caption twins use the official tokenizer too; their templated references give the
-    # same tokens as the earlier simple tokenizer, so twin scores are unchanged by the switch.
+    # The caption twins use the official tokenizer too; their references (plain words, commas,
+    # colons) give the same tokens as the earlier simple tokenizer, so twin scores are unchanged by the switch.
     samples = TASKS.get(twin).load(split="test", n=40, seed=0)
     refs = [r for s in samples for r in s.answers]
     assert [ptb_tokenize(r) for r in refs] == [tokenize_caption(r) for r in refs]

@@ -23,7 +23,7 @@ Tokenization is the official one by default (``tokenizer="ptb"``): pycocoevalcap
 Python by `fedmllm.metrics.ptb`, run like pycocoevalcap over all references of the set as one
 stream and all candidates as another, in sample order (lmms-eval's order). With it the scores equal
 the official coco-caption CIDEr-D (tests/fixtures/ptb/). The same tokenizer serves the real caption
-sets and their synthetic twins: the twins' templated references tokenize identically under both
+sets and their synthetic twins: the twins' references (plain words and punctuation) tokenize identically under both
 tokenizers, so one code path scores both and a twin's model output is treated as a real one would
 be. ``tokenizer="simple"`` keeps the earlier `tokenize_caption` (lowercase, punctuation stripped,
 "man's" -> "mans"), which is not comparable with published numbers.

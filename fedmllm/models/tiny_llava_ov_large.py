@@ -4,7 +4,7 @@ The same LLaVA-OneVision architecture as `tiny-llava-ov` (SigLIP + MLP projector
 tokens per 64 px image) at about 8x its parameters: SigLIP 128-dim x 4 layers, Qwen2 256-dim x 6
 layers (8 query / 4 key-value heads, MLP 768). It speaks a *different tokenizer*: a WordPiece
 vocabulary of `LARGE_VOCAB` entries trained on the same suite corpus, where the small bases use a
-word-level one (213 entries), so frequent words are one token on both sides, rarer ones split into
+word-level one (274 entries), so frequent words are one token on both sides, rarer ones split into
 ``##`` pieces here, and logit transfer between the two needs a token alignment
 (`fedmllm.collab.align`, as FedMKT's).
 """
@@ -17,7 +17,7 @@ from fedmllm.models.base import ModelSpec, register_model
 from fedmllm.models.tiny_common import IMAGE_SIZE, PATCH_SIZE, special_ids, suite_tokenizer
 from fedmllm.models.tiny_llava_ov import build_llava_ov
 
-LARGE_VOCAB = 384  # WordPiece entries incl. specials and the alphabet (the word-level one: 213)
+LARGE_VOCAB = 384  # WordPiece entries incl. specials and the alphabet (the word-level one: 274)
 
 
 def large_vision_config() -> SiglipVisionConfig:

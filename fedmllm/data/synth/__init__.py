@@ -36,8 +36,8 @@ def suite_texts(n_per_task: int = 64, seed: int = 0) -> list[str]:
     """Texts covering every word the twins and easyvqa can emit, for training a tokenizer.
 
     For every twin and easyvqa: the prompt (``task.prompt(sample)``), answers and choices of
-    ``n_per_task`` train samples, then the module's vocabulary list (every template filled so that
-    each placeholder value appears), so the corpus is complete whatever ``n_per_task`` is.
+    ``n_per_task`` train samples, then the module's vocabulary list (``vocabulary()`` or ``VOCAB``: every
+    word its templates or caption grammar can emit), so the corpus is complete whatever ``n_per_task`` is.
     """
     if n_per_task < 1:
         raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")

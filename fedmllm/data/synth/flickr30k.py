@@ -2,7 +2,10 @@
 
 Flickr30k has 5 human captions per photo of people in everyday scenes, scored by CIDEr-D. The twin
 draws sky and grass, a sun or a moon, a subject (a man, two people, a dog: stick drawings) and a
-thing (a tree, a house, a car), and gives 5 paraphrases whose vocabulary differs from the COCO twin.
+thing (a tree, a house, a car), and five captions from a weighted grammar
+(`fedmllm.data.synth.captions`): synonyms for who and what ("a man", "a guy", "someone"), what the
+subject does, optional place and time words, several sentence orders. Its vocabulary differs from
+the COCO twin's; the training target (the first reference) is one such draw.
 """
 
 from __future__ import annotations
@@ -13,23 +16,72 @@ from PIL import Image, ImageDraw
 
 from fedmllm.data.record import Task
 from fedmllm.data.registry import register_task
-from fedmllm.data.synth.base import Item, expand, twin_loader
+from fedmllm.data.synth.base import Item, twin_loader
+from fedmllm.data.synth.captions import Choice, compose, pick, words
 from fedmllm.data.synth.draw import SIZE, jitter_color
 
 NAME = "synth-flickr30k"
 QUESTION = "describe this photo in one sentence."
+N_REFS = 5
 SUBJECTS = ("a man", "two people", "a dog")
 THINGS = ("a tree", "a house", "a car")
-TIMES = {"day": ("on a sunny day", "in the sun"), "night": ("at night", "in the dark")}
-PARAPHRASES = (
-    "{s} next to {t} {w}",
-    "{s} standing near {t} {w}",
-    "{s} outside by {t} {w}",
-    "{t} and {s} {w}",
-    "{s} close to {t} {w2}",
+TIMES = ("day", "night")
+
+# How annotators name what they see (weights: how often), what the subject does, where and when.
+WHO: dict[str, Choice] = {
+    "a man": (("a man", 0.45), ("a person", 0.15), ("a guy", 0.1), ("someone", 0.1), ("a young man", 0.1),
+              ("a lone man", 0.1)),
+    "two people": (("two people", 0.45), ("a couple", 0.15), ("two friends", 0.15), ("two men", 0.1),
+                   ("a pair of people", 0.15)),
+    "a dog": (("a dog", 0.45), ("a brown dog", 0.15), ("a puppy", 0.1), ("a small dog", 0.15),
+              ("a pet dog", 0.15)),
+}
+WHAT: dict[str, Choice] = {
+    "a tree": (("a tree", 0.45), ("a big tree", 0.15), ("a green tree", 0.1), ("a leafy tree", 0.15),
+               ("a tall tree", 0.15)),
+    "a house": (("a house", 0.45), ("a small house", 0.15), ("a cottage", 0.1), ("a home", 0.15),
+                ("a little house", 0.15)),
+    "a car": (("a car", 0.45), ("a parked car", 0.2), ("a small car", 0.1), ("a vehicle", 0.1),
+              ("an automobile", 0.15)),
+}
+DOING: dict[str, Choice] = {
+    "a man": (("standing next to", 0.3), ("standing by", 0.15), ("standing near", 0.15), ("waiting by", 0.1),
+              ("next to", 0.15), ("posing in front of", 0.15)),
+    "two people": (("standing next to", 0.3), ("standing by", 0.15), ("standing near", 0.15),
+                   ("talking near", 0.1), ("next to", 0.15), ("posing in front of", 0.15)),
+    "a dog": (("standing next to", 0.3), ("standing by", 0.15), ("playing near", 0.15),
+              ("waiting by", 0.1), ("next to", 0.15), ("running past", 0.15)),
+}
+WHEN: dict[str, Choice] = {
+    "day": (("on a sunny day", 0.3), ("in the sun", 0.15), ("during the day", 0.15), ("in daylight", 0.1),
+            ("", 0.3)),
+    "night": (("at night", 0.3), ("in the dark", 0.15), ("under the moon", 0.15), ("late at night", 0.1),
+              ("", 0.3)),
+}
+WHERE: Choice = (("", 0.55), ("on the grass", 0.15), ("in a field", 0.1), ("outside", 0.1), ("in a park", 0.1))
+FRAMES: Choice = (
+    ("{S} {V} {T} {P} {W}", 0.35),
+    ("{S} outside by {T} {W}", 0.07),
+    ("{S} on the grass near {T} {W}", 0.07),
+    ("{T} and {S} {W}", 0.07),
+    ("{S} and {T} {W}", 0.06),
+    ("{W1} , {S} {V} {T}", 0.07),
+    ("{S} in a field with {T} {W}", 0.06),
+    ("a photo of {S} {V} {T}", 0.05),
+    ("{S} is {V} {T} {W}", 0.07),
+    ("{T} with {S} beside it {W}", 0.05),
+    ("an outdoor scene with {S} and {T} {W}", 0.04),
+    ("{S} spending time near {T} {W}", 0.04),
 )
-VOCAB = [QUESTION] + [text for p in PARAPHRASES for when, when2 in TIMES.values()
-                      for text in expand(p, s=SUBJECTS, t=THINGS, w=[when], w2=[when2])]
+VOCAB = [QUESTION] + words(FRAMES, WHERE, *WHO.values(), *WHAT.values(), *DOING.values(),
+                           *WHEN.values())
+
+
+def caption(rng: random.Random, subject: str, name: str, time: str) -> str:
+    """One human-like caption of ``subject`` beside ``name`` by day or night."""
+    return compose(rng, pick(rng, FRAMES), {"S": WHO[subject], "V": DOING[subject], "T": WHAT[name],
+                                            "P": WHERE, "W": WHEN[time],
+                                            "W1": tuple(w for w in WHEN[time] if w[0])})
 
 
 def person(draw: ImageDraw.ImageDraw, x: float, ground: float, ink) -> None:
@@ -93,13 +145,20 @@ def scene(rng: random.Random, subject: str, name: str, time: str) -> Image.Image
     return image
 
 
+def plain_caption(objects: list[str]) -> str:
+    """The grammar's most common wording of ``objects`` ([subject, thing, time], as in a sample's
+    ``meta["objects"]``): "a man standing next to a tree on a sunny day"."""
+    subject, thing, time = objects
+    return f"{subject} standing next to {thing} {'on a sunny day' if time == 'day' else 'at night'}"
+
+
 def build(rng: random.Random) -> Item:
-    """One sample drawn from ``rng``: question type, then answer, then a matching image."""
-    subject, name, time = rng.choice(SUBJECTS), rng.choice(THINGS), rng.choice(list(TIMES))
-    when, when2 = TIMES[time]
-    captions = [p.format(s=subject, t=name, w=when, w2=when2) for p in PARAPHRASES]
-    return Item(image=scene(rng, subject, name, time), question=QUESTION, answers=captions,
-                qtype="caption", label=name.split()[-1])
+    """One sample drawn from ``rng``: subject, thing and time, the image, then five captions."""
+    subject, name, time = rng.choice(SUBJECTS), rng.choice(THINGS), rng.choice(TIMES)
+    image = scene(rng, subject, name, time)
+    captions = [caption(rng, subject, name, time) for _ in range(N_REFS)]
+    return Item(image=image, question=QUESTION, answers=captions, qtype="caption",
+                label=name.split()[-1], meta={"objects": [subject, name, time]})
 
 
 TASK = register_task(Task(
@@ -107,7 +166,7 @@ TASK = register_task(Task(
     role="downstream",
     metric="cider_d",
     loader=twin_loader(NAME, build),
-    description="Synthetic Flickr30k: 5 captions of stick-figure outdoor scenes, day or night.",
-    max_new_tokens=16,
+    description="Synthetic Flickr30k: 5 human-like captions of stick-figure outdoor scenes, day or night.",
+    max_new_tokens=20,
     twin_of="flickr30k",
 ))
