@@ -25,16 +25,12 @@ import random
 
 import fedmllm.data.synth  # noqa: F401  (registers the twins)
 from fedmllm.data.registry import TASKS
-from fedmllm.data.synth.draw import COLORS, SHAPES
 from fedmllm.data.synth import coco_caption, flickr30k
+from fedmllm.data.synth.draw import COLORS, SHAPES
 from fedmllm.data.synth.flickr30k import SUBJECTS, THINGS
 from fedmllm.metrics.cider_d import cider_d
 
 PLAIN = {"synth-coco-caption": coco_caption.plain_caption, "synth-flickr30k": flickr30k.plain_caption}
-
-
-def modal(task: str, objects) -> str:
-    return PLAIN[task](objects)
 
 
 def wrong(task: str, objects, rng: random.Random):
@@ -61,14 +57,14 @@ def main() -> None:
         train = task.load("train", n=args.n, seed=args.seed)
         refs = [s.answers for s in test]
         objects = [s.meta["objects"] for s in test]
-        rng = random.Random(0)
+        rng, modal = random.Random(0), PLAIN[name]
         out = {
             "task": name, "n": args.n,
             "human": score([r[0] for r in refs], [r[1:] for r in refs]),
-            "modal": score([modal(name, o) for o in objects], refs),
+            "modal": score([modal(o) for o in objects], refs),
             "random_train": score([rng.choice(train).answers[0] for _ in test], refs),
-            "other_image": score([modal(name, o) for o in objects[1:] + objects[:1]], refs),
-            "wrong_objects": score([modal(name, wrong(name, o, rng)) for o in objects], refs),
+            "other_image": score([modal(o) for o in objects[1:] + objects[:1]], refs),
+            "wrong_objects": score([modal(wrong(name, o, rng)) for o in objects], refs),
         }
         print(json.dumps(out), flush=True)
 

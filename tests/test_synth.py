@@ -265,7 +265,8 @@ def test_caption_references_score_like_real_captioning(name, module, ceiling):
     other = score([plain(o) for o in objects[1:] + objects[:1]])
     assert 60.0 <= human < best <= ceiling and other < 0.5 * best
     if name == "synth-coco-caption":  # every object wrong: no colour or shape of the image named
-        palette, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "triangle"]
-        wrong = [[[next(c for c in palette if c not in {o[0][0], o[1][0]}),
-                   next(s for s in shapes if s not in {o[0][1], o[1][1]})]] * 2 for o in objects]
+        from fedmllm.data.synth.draw import COLORS, SHAPES
+
+        wrong = [[[next(c for c in COLORS if c not in {o[0][0], o[1][0]}),
+                   next(s for s in SHAPES if s not in {o[0][1], o[1][1]})]] * 2 for o in objects]
         assert score([plain(w) for w in wrong]) < 5.0

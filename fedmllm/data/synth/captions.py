@@ -29,25 +29,16 @@ def pick(rng: random.Random, choice: Choice) -> str:
 
 
 def compose(rng: random.Random, frame: str, slots: Mapping[str, Choice | str]) -> str:
-    """``frame`` with each ``{slot}`` replaced by a draw from ``slots[slot]`` (a plain string is
-    used as is); draws may hold further placeholders, filled the same way. Spaces are tidied."""
+    """``frame`` with each ``{slot}`` it holds replaced by a draw from ``slots[slot]`` (a plain
+    string is used as is), drawn in the order of ``slots``. Spaces are tidied."""
     text = frame
-    for _ in range(8):  # nesting depth: a slot's text may use other slots
-        names = [n for n in slots if "{" + n + "}" in text]
-        if not names:
-            break
-        for name in names:
-            value = slots[name]
-            text = text.replace("{" + name + "}",
-                                value if isinstance(value, str) else pick(rng, value), 1)
+    for name, value in slots.items():
+        if "{" + name + "}" in text:
+            text = text.replace("{" + name + "}", value if isinstance(value, str) else pick(rng, value), 1)
     return " ".join(text.split())
 
 
-def words(*choices: Choice | Sequence[str]) -> list[str]:
+def words(*choices: Choice) -> list[str]:
     """Every text in ``choices`` (placeholders removed), for the tokenizer corpus."""
-    out = []
-    for choice in choices:
-        for entry in choice:
-            text = entry[0] if isinstance(entry, tuple) else entry
-            out.append(" ".join(w for w in text.split() if "{" not in w and "}" not in w))
-    return [t for t in out if t]
+    texts = (" ".join(w for w in text.split() if "{" not in w) for choice in choices for text, _ in choice)
+    return [t for t in texts if t]

@@ -62,12 +62,7 @@ FRAMES: Choice = (
 )
 BACKGROUND: Choice = (("", 0.75), (" on a white background", 0.1), (" on a plain background", 0.08),
                       (" against a light backdrop", 0.07))
-VOCAB_TEXTS = [QUESTION] + words(FRAMES, SIZE, TINT, BACKGROUND, *NOUNS.values()) + list(COLORS)
-
-
-def vocabulary() -> list[str]:
-    """Every word a caption can hold (the tokenizer corpus)."""
-    return VOCAB_TEXTS
+VOCAB = [QUESTION] + words(FRAMES, SIZE, TINT, BACKGROUND, *NOUNS.values()) + list(COLORS)
 
 
 def noun_phrase(rng: random.Random, color: str, shape: str) -> str:
