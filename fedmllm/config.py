@@ -211,6 +211,9 @@ class PretrainConfig:
     vision_warmup_lr: float = _f(3e-3, "learning rate of the vision warm-up")
     out: str = _f("", "checkpoint root (empty: the package's fedmllm/assets/checkpoints)")
     steps: dict = _f({}, "per-model training steps overriding train.steps, e.g. { tiny-llava-ov = 4500 }")
+    init: str = _f("", "continue from a pretrained checkpoint instead of a seeded random init: a registered "
+                   "model's name (its shipped checkpoint) or a checkpoint folder holding card.json; its card "
+                   "is kept in the new card as the first stage (empty: random init + vision warm-up)")
 
 
 @dataclass

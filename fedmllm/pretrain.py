@@ -90,7 +90,8 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
     from fedmllm.training.loop import train_local
 
     t0 = time.time()
-    bundle = build_model(name, pretrained=False, seed=cfg.seed)
+    init = init_folder(cfg, name)
+    bundle = build_model(str(init), pretrained=True) if init else build_model(name, pretrained=False, seed=cfg.seed)
     model, processor = bundle.model, bundle.processor
     train = {t: load_task(t, "train", cfg.data.train_n, cfg.seed, cfg.data) for t in cfg.data.upstream}
     pool = [s for samples in train.values() for s in samples]
@@ -117,6 +118,8 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
         **card_means({t: s.score for t, s in scores.items()}),
         "seconds": round(time.time() - t0, 1),
     }
+    if init:  # the stage this one continues, with its own recipe and scores
+        card["init"] = {"from": cfg.pretrain.init, "card": json.loads((init / "card.json").read_text())}
     save_bundle(bundle, out_dir)
     write_json(out_dir / "card.json", card)
     atomic_write(out_dir / "pretrain_config.toml", dumps(cfg))
@@ -124,6 +127,29 @@ def pretrain_model(cfg: Config, name: str, out_dir: Path, progress: bool = True)
     print(f"[pretrain {name}] upstream mean {card['upstream_mean']:.1f} "
           f"({json.dumps(card['upstream_scores'])}) in {card['seconds']} s -> {out_dir}", flush=True)
     return card
+
+
+def init_folder(cfg: Config, name: str) -> Path | None:
+    """The checkpoint ``pretrain.init`` names for model ``name`` (None: a random init); a folder
+    that is missing, holds no card or holds another model fails before any compute."""
+    from fedmllm.errors import UserError
+    from fedmllm.models import MODELS, checkpoint_dir
+
+    init = cfg.pretrain.init
+    if not init:
+        return None
+    if len(cfg.pretrain.models) != 1:
+        raise UserError(f"pretrain.init continues one model, but pretrain.models lists {len(cfg.pretrain.models)}: "
+                        f"{', '.join(cfg.pretrain.models)}; name one model")
+    folder = checkpoint_dir(init) if init in MODELS.names() else Path(init)
+    card = folder / "card.json"
+    if not (folder / "config.json").is_file() or not card.is_file():
+        raise UserError(f"pretrain.init {init!r}: {folder} is not a pretrained checkpoint (needs config.json "
+                        f"and card.json); give a registered model ({', '.join(MODELS.names())}) or such a folder")
+    was = json.loads(card.read_text()).get("model")
+    if was != name:
+        raise UserError(f"pretrain.init {init!r} holds {was!r}, but pretrain.models is {name!r}; continue the same model")
+    return folder
 
 
 def card_means(scores: dict[str, float]) -> dict[str, float]:
@@ -137,6 +163,15 @@ def card_means(scores: dict[str, float]) -> dict[str, float]:
             "upstream_mean_accuracy": round(sum(acc) / len(acc), 4) if acc else float("nan")}
 
 
+def _stage_line(init: dict | None) -> str:
+    if not init:
+        return ""
+    first = init["card"]
+    return (f"- continued from `{init['from']}` (vision warm-up {first['vision_warmup']['steps']} steps, "
+            f"{first['train']['steps']} steps at lr {first['train']['lr']}; accuracy-task mean then "
+            f"{first['upstream_mean_accuracy']:.1f})\n")
+
+
 def model_card_markdown(card: dict) -> str:
     rows = "\n".join(f"| {t} | {s:.1f} |" for t, s in card["upstream_scores"].items())
     return (
@@ -145,6 +180,7 @@ def model_card_markdown(card: dict) -> str:
         f"on the six upstream synthetic twins so that downstream tuning has general knowledge to forget.\n\n"
         f"- parameters: {card['params']:,}\n- seed: {card['seed']}\n"
         f"- data: {card['train_samples_per_task']} training samples per upstream twin\n"
+        f"{_stage_line(card.get('init'))}"
         f"- vision warm-up: {card['vision_warmup']['steps']} steps\n"
         f"- training: {card['train']['steps']} steps, batch {card['train']['batch_size']}, "
         f"lr {card['train']['lr']}\n- wall time: {card['seconds']} s on the machine that built it\n\n"
@@ -167,6 +203,8 @@ def run_pretrain(cfg: Config, out: str | None = None) -> list[dict]:
 
     for name in [*cfg.pretrain.models, *cfg.pretrain.steps]:
         MODELS.get(name)  # unknown names, counts and folders fail before any compute
+    for name in cfg.pretrain.models:
+        init_folder(cfg, name)
     for task in cfg.data.upstream:
         check_request(task, "train", cfg.data.train_n, cfg.data, "data.train_n")
     root = Path(out or cfg.pretrain.out or ASSETS)
