@@ -8,6 +8,9 @@ upstream twins, so that tuning on the downstream twins has something to forget. 
    learns shape (only colour).
 2. Full training of every parameter on the upstream twins with the shared training loop.
 
+``pretrain.init`` starts instead from a pretrained checkpoint (a second stage; the large base was
+made so): its weights and tokenizer, no warm-up unless asked, and its card kept in the new one.
+
 The result is saved in ``save_pretrained`` format with ``card.json`` and ``MODEL_CARD.md`` holding
 the config, data, steps, seed and the held-out upstream scores that a test re-checks.
 """
@@ -146,7 +149,10 @@ def init_folder(cfg: Config, name: str) -> Path | None:
     if not (folder / "config.json").is_file() or not card.is_file():
         raise UserError(f"pretrain.init {init!r}: {folder} is not a pretrained checkpoint (needs config.json "
                         f"and card.json); give a registered model ({', '.join(MODELS.names())}) or such a folder")
-    was = json.loads(card.read_text()).get("model")
+    try:
+        was = json.loads(card.read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"pretrain.init {init!r}: {card} is unreadable or not a JSON card; re-create the checkpoint") from None
     if was != name:
         raise UserError(f"pretrain.init {init!r} holds {was!r}, but pretrain.models is {name!r}; continue the same model")
     return folder

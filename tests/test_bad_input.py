@@ -225,6 +225,8 @@ CASES = [
          "is not a pretrained checkpoint (needs config.json and card.json)"),
     case("pretrain-init-other-model", ("pretrain", "--out", "@out", "pretrain.models=tiny-vila",
                                        "pretrain.init=tiny-llava-ov"), "holds 'tiny-llava-ov', but pretrain.models is"),
+    case("pretrain-init-corrupt-card", ("pretrain", "--out", "@out", "pretrain.models=tiny-vila", "pretrain.init=@tmp/ck"),
+         "is unreadable or not a JSON card", ck(lambda f: (f / "card.json").write_text("{not json"))),
     case("pretrain-init-two-models", ("pretrain", "--out", "@out", "pretrain.init=tiny-vila"),
          "pretrain.init continues one model, but pretrain.models lists 2"),
     case("resume-not-a-run", ("centralized", "--resume", "@tmp"), "no config.toml"),
