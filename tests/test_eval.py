@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import fedmllm.metrics  # noqa: F401  (registers the metrics)
-from fedmllm.data.collate import encode_generate, encode_train
+from fedmllm.data.collate import chat_prompt, chat_prompts, encode_generate, encode_train
 from fedmllm.data.registry import TASKS
 from fedmllm.data.synth import suite_texts  # noqa: F401  (registers the synthetic tasks)
 from fedmllm.eval import TaskScore, evaluate, generate, write_scores
+from fedmllm.eval.generate import _batch_order
 from fedmllm.metrics.base import METRICS
 from fedmllm.models.registry import build_model
 
@@ -159,3 +160,31 @@ def test_finished_rows_leave_the_batch():
     assert all(r[1] == 1 for r in rows[1:]) and steps == sorted(steps, reverse=True)
     assert steps[-1] < 8  # the one-word answers finished first
     assert max(len(a.split()) for a in answers) > 1
+
+
+def test_chat_prompts_equal_one_template_call_per_sample(bundle):
+    samples = [s for name in sorted(TASKS) if name.startswith("synth-")
+               for s in TASKS.get(name).load("test", n=2, seed=5)]
+    one_by_one = [bundle.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TASKS.get(s.task).prompt(s)}]}],
+        add_generation_prompt=True, tokenize=False) for s in samples]
+    assert chat_prompts(bundle.processor, samples) == one_by_one
+    assert chat_prompt(bundle.processor, samples[3]) == one_by_one[3]
+    assert chat_prompts(bundle.processor, []) == []
+
+
+def test_batches_keep_long_answer_budgets_together(bundle):
+    """A pool mixing captions (24 new tokens) with one-word tasks (4) is batched short budgets
+    first, by prompt length within a budget: the captions share batches, the rest end early."""
+    samples = [s for name in ("synth-coco-caption", "synth-scienceqa", "synth-gqa")
+               for s in TASKS.get(name).load("test", n=4, seed=6)]
+    prompts = chat_prompts(bundle.processor, samples)
+    order = _batch_order(bundle.processor, samples, prompts)
+    assert sorted(order) == list(range(len(samples)))
+    budgets = [TASKS.get(samples[i].task).max_new_tokens for i in order]
+    assert budgets == sorted(budgets) and budgets[-1] > budgets[0]
+    assert {samples[i].task for i in order[-4:]} == {"synth-coco-caption"}
+    lengths = [len(bundle.processor.tokenizer(prompts[i], add_special_tokens=False)["input_ids"]) for i in order[:8]]
+    assert lengths == sorted(lengths)
+    batched = generate(bundle.model, bundle.processor, samples, batch_size=4, max_new_tokens=6)
+    assert batched == generate(bundle.model, bundle.processor, samples, batch_size=1, max_new_tokens=6)

@@ -21,10 +21,18 @@ IGNORE_INDEX = -100  # label value the cross-entropy loss of transformers skips
 
 def chat_prompt(processor: ProcessorMixin, sample: Sample) -> str:
     """The rendered user turn (image + task prompt) followed by the assistant's generation prompt."""
-    messages = [{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": TASKS.get(sample.task).prompt(sample)},
-    ]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat_prompts(processor, [sample])[0]
+
+
+def chat_prompts(processor: ProcessorMixin, samples: list[Sample]) -> list[str]:
+    """`chat_prompt` of every sample, in one call of the chat template (the same texts; one call
+    per sample would pay transformers' per-call set-up, ~0.15 ms, for every sample)."""
+    conversations = [[{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": TASKS.get(s.task).prompt(s)},
+    ]}] for s in samples]
+    if not conversations:
+        return []
+    return list(processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False))
 
 
 def end_of_turn(processor: ProcessorMixin) -> str:
@@ -58,7 +66,7 @@ def encode_train(processor: ProcessorMixin, samples: list[Sample],
     """
     if not samples:
         raise ValueError("encode_train needs at least one sample")
-    prompts = [chat_prompt(processor, s) for s in samples]
+    prompts = chat_prompts(processor, samples)
     eot = end_of_turn(processor)
     texts = [p + TASKS.get(s.task).target(s) + eot for p, s in zip(prompts, samples)]
     special = _add_special_tokens(processor, prompts[0])
@@ -101,7 +109,7 @@ def encode_generate(processor: ProcessorMixin, samples: list[Sample],
     if not samples:
         raise ValueError("encode_generate needs at least one sample")
     if prompts is None:
-        prompts = [chat_prompt(processor, s) for s in samples]
+        prompts = chat_prompts(processor, samples)
     elif len(prompts) != len(samples):
         raise ValueError(f"encode_generate: {len(prompts)} prompts for {len(samples)} samples")
     return _encode(processor, prompts, _images(samples), padding_side="left",
