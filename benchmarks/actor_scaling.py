@@ -6,7 +6,8 @@ on 2 cores: the clients train one after the other) and ``= 1`` (two actors, one 
 clients at a time), ``--repeats`` times interleaved (1, 2, 1, 2, ...). Throughput is clients
 trained per second of round wall time (``clients_per_round / round time``, the round time being
 the time between the ends of consecutive rounds in metrics.jsonl; round 1, where the actors build
-their runtime, is not timed; no per-round evaluation). Each client's own training seconds
+their runtime, is not timed; no per-round evaluation). ``pair_ratios``: the ratio of each repeat's
+two runs, which ran minutes apart at most (the host's speed drifts by +-20% over minutes here). Each client's own training seconds
 (``client_train`` events) are reported beside it: when they grow with two actors, the cores were
 not free (other load on a shared machine), which depresses the ratio.
 
@@ -78,6 +79,8 @@ def main() -> None:
         "ratio": med["2_actors"]["throughput"] / med["1_actor"]["throughput"],
         "throughput": {k: v["throughput"] for k, v in med.items()},
         "round_s": {k: v["round_s"] for k, v in med.items()},
+        "pair_ratios": [round(two["throughput"] / one["throughput"], 3)
+                        for one, two in zip(results["1_actor"], results["2_actors"])],
         "client_train_s": {k: v["client_train_s"] for k, v in med.items()},
         "load_avg": [r["load_avg"] for rep in zip(*results.values()) for r in rep],
         "clients_per_round": args.clients, "local_steps": steps, "rounds_timed": args.rounds - 1,

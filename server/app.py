@@ -21,13 +21,15 @@ from server.run_config import ERROR_MARK
 
 
 # Flower's InMemoryGrid (the simulation's) sleeps 0.1 s between polls for replies: up to 0.1 s idle
-# per round after the last client answered. A poll costs O(pending replies) under the state lock.
-REPLY_POLL_S = 0.01
+# per round after the last client answered. It now sleeps until a reply is stored (server.wakeup),
+# REPLY_WAIT_S at most (a poll's wait, should a store go unnoticed).
+REPLY_WAIT_S = 0.1
 
 
 def _poll_faster(grid: Grid) -> None:
-    if hasattr(grid, "pull_interval"):  # InMemoryGrid only; flwr run's HttpGrid has a fixed 3 s
-        grid.pull_interval = min(float(grid.pull_interval), REPLY_POLL_S)
+    from server.wakeup import wake_on_replies
+
+    wake_on_replies(grid, REPLY_WAIT_S)  # InMemoryGrid only; flwr run's HttpGrid has a fixed 3 s
 
 
 def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = False,

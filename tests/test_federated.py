@@ -355,34 +355,91 @@ def test_personalized_scores_from_the_server_answers_equal_the_clients_own():
     assert server.split_scores(other, clients.client_tests(0)) is None and not carries_state(payloads[0], other)
 
 
-def test_fast_dispatch_polls_flowers_linkstate_sooner_and_restores_flower():
-    """`simulations.dispatch`: the engine hands every node's instruction over with a 0.01 s poll
-    (longer when one poll is slow, Flower's 0.1 s at most), and Flower's loop comes back after."""
+def test_fast_dispatch_wakes_on_stored_instructions_and_restores_flower():
+    """`simulations.dispatch`: the engine hands every node's instruction over as soon as it is
+    stored (no 0.1 s poll), does not poll while nothing is stored (Flower's 0.1 s as the longest
+    sleep), and Flower's loop comes back after."""
     import threading
+    import time
     from queue import Queue
 
     from flwr.server.superlink.fleet.vce import vce_api
 
     from simulations.dispatch import add_messages_to_queue, fast_dispatch, poll_wait
 
-    assert (poll_wait(0.0001), poll_wait(0.005), poll_wait(1.0)) == (0.01, 0.045, 0.1)
+    assert [round(poll_wait(s), 6) for s in (0.0001, 0.005, 1.0)] == [0.0009, 0.045, 0.1]
     original = vce_api.add_messages_to_queue
     with fast_dispatch():
         assert vce_api.add_messages_to_queue is add_messages_to_queue
     assert vce_api.add_messages_to_queue is original
 
-    class State:  # one pending instruction per node, handed over once
+    class State:  # instructions per node, handed over once
         def __init__(self):
-            self.pending = {7: ["a"], 8: ["b"]}
+            self.pending, self.polls = {7: ["a"], 8: ["b"]}, 0
+
+        def store_message_ins(self, node_id, msg):
+            self.pending[node_id].append(msg)
 
         def get_message_ins(self, node_id, limit):
+            self.polls += 1
             out, self.pending[node_id] = self.pending[node_id][:limit], self.pending[node_id][limit:]
             return out
 
-    queue, stop = Queue(), threading.Event()
-    thread = threading.Thread(target=add_messages_to_queue, args=(State(), queue, {7: 0, 8: 1}, stop))
+    state, queue, stop = State(), Queue(), threading.Event()
+    thread = threading.Thread(target=add_messages_to_queue, args=(state, queue, {7: 0, 8: 1}, stop))
     thread.start()
-    got = sorted(queue.get(timeout=5) for _ in range(2))
-    stop.set()
-    thread.join(timeout=5)
-    assert got == ["a", "b"] and not thread.is_alive()
+    try:
+        got = sorted(queue.get(timeout=5) for _ in range(2))
+        time.sleep(0.1)  # the loop is asleep now
+        polls = state.polls
+        time.sleep(0.5)
+        idle = state.polls - polls  # Flower's 0.1 s: <= ~6 wake-ups of 2 polls (a 0.01 s poll: ~100)
+        t0 = time.perf_counter()
+        state.store_message_ins(8, "c")  # what the grid calls: the instruction is stored
+        late = queue.get(timeout=5)
+        handed_after = time.perf_counter() - t0
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert got == ["a", "b"] and late == "c" and not thread.is_alive()
+    assert idle <= 14, idle
+    assert handed_after < 0.05, handed_after
+
+
+def test_the_grid_sleeps_until_a_reply_is_stored():
+    """`server.wakeup.wake_on_replies`: the in-memory grid's reply loop sleeps until the
+    LinkState stores a reply (not a 0.01 s poll), 0.1 s at most; other grids are left alone."""
+    import threading
+    import time
+
+    from server.wakeup import wake_on_replies
+
+    class State:
+        def __init__(self):
+            self.replies = []
+
+        def store_message_res(self, msg):
+            self.replies.append(msg)
+
+    class Grid:  # the two attributes and the pull InMemoryGrid has
+        def __init__(self):
+            self.state, self.pull_interval, self.pulls = State(), 0.1, 0
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            out, self.state.replies = [m for m in self.state.replies if m in ids], []
+            return out
+
+    grid = Grid()
+    wake_on_replies(grid, 0.1)
+    assert grid.pull_interval == 0.0
+    t0 = time.perf_counter()
+    assert grid.pull_messages(["r"]) == [] and 0.08 < time.perf_counter() - t0 < 1.0  # nothing: waits
+    threading.Timer(0.05, grid.state.store_message_res, args=("r",)).start()
+    t0, got = time.perf_counter(), []
+    while not got:
+        got = list(grid.pull_messages(["r"]))
+    assert got == ["r"] and time.perf_counter() - t0 < 0.09 and grid.pulls <= 4
+    other = type("HttpGrid", (), {"pull_interval": 3.0})()
+    wake_on_replies(other, 0.1)
+    assert other.pull_interval == 3.0
