@@ -6,19 +6,23 @@ on 2 cores: the clients train one after the other) and ``= 1`` (two actors, one 
 clients at a time), ``--repeats`` times interleaved (1, 2, 1, 2, ...). Throughput is clients
 trained per second of round wall time (``clients_per_round / round time``, the round time being
 the time between the ends of consecutive rounds in metrics.jsonl; round 1, where the actors build
-their runtime, is not timed; no per-round evaluation). ``pair_ratios``: the ratio of each repeat's
-two runs, which ran minutes apart at most (the host's speed drifts by +-20% over minutes here). Each client's own training seconds
-(``client_train`` events) are reported beside it: when they grow with two actors, the cores were
-not free (other load on a shared machine), which depresses the ratio.
+their runtime, is not timed; no per-round evaluation). ``pair_ratios``: the ratio of each
+repeat's two runs, which ran a minute apart. Each client's own training seconds (``client_train``
+events) are reported beside it: when they grow with two actors, the cores were not free (other
+load on a shared machine), which depresses the ratio.
 
-Measured on a quiet 2-core machine (2026-12-02): 1.59x at 4 clients per round, 1.62x at 8 (target
-1.8). Load imbalance at the round's end is not what limits it (8 clients barely help); each
-client's training is 13-18% slower with two actors (0.87 -> 0.99-1.03 s for the same 9 steps),
-because with one actor the second core absorbs the driver, raylet and Flower's polling (~10% of a
-core in `top`), which two actors must share with; plus ~0.08 s per client of message handling
-outside the training (the replies' wall-seconds) and 0.2-0.6 s per round in transport. Two
-independent 1-thread processes scale 0.95 here (benchmarks/contention.py: 1.056x slowdown), so
-the cores themselves are not the limit.
+Measured on a quiet 2-core machine. 2026-12-02, with 100 Hz polls between the simulation's
+threads: 1.59x at 4 clients per round, 1.62x at 8 (later runs 1.97x / 1.76x; target 1.8). The
+driver then held ~7% of a core (Flower's dispatcher and the reply loop waking 100 times a second)
+on the cores the actors train on: each actor was busy 83-86% of the time. With the threads woken
+by the LinkState's stores instead (`server.wakeup`): driver 2.5%, actors 92-95% busy, and
+2026-12-03, --repeats 4: 1.87x (pairs 1.65 / 1.82 / 2.03 / 1.89). A round's timeline (2 actors):
+~37 ms from the round's start to the first client, ~16 ms between a worker's clients, ~30 ms
+from the last reply to the end of the exchange, ~50 ms of validation, aggregation and checkpoint;
+each client spends ~0.05-0.08 s in its handler outside training (decode, model state, client
+store, encode). Two independent 1-thread processes scale ~0.95-1.0 here
+(benchmarks/contention.py), so the cores themselves are not the limit; the host's speed drifts
+by +-20% over minutes, so single pairs swing by more than the target's margin.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def run(opts: list[str], out: Path, clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (round 1 is not timed)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--target-s", type=float, default=1.0, help="local training seconds per client")
     parser.add_argument("--clients", type=int, default=4, help="clients trained per round")
     args = parser.parse_args()
