@@ -51,6 +51,7 @@ def _node(msg: Message, context: Context):
     payload = decode_payload(msg.content)
     config = payload.config
     policy = NodePolicy.from_node_config(context.node_config)
+    policy.check_job(config)
     experiment_dir = policy.experiment_dir(config.get(P.EXPERIMENT_DIR))
     store_root = policy.client_store(str(config.get(P.CLIENT_STORE, "")), experiment_dir)
     runtime = client_runtime(experiment_dir, str(config[P.EXPERIMENT_ID]), accept=policy.check_config)
@@ -103,9 +104,10 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     payload, runtime, partition_id, store = _node(msg, context)
     server_round, system = int(payload.config[P.SERVER_ROUND]), str(payload.config[P.SYSTEM])
-    if partition_id in runtime.cfg.federated.fail_clients:
+    if partition_id in runtime.cfg.federated.fail_clients and not payload.config.get(P.BASELINE):
         # Fault injection (federated.fail_clients): a crash mid-round, reported by Flower as an
-        # error reply; the server completes the round with the others.
+        # error reply; the server completes the round with the others. A baseline's job is not
+        # a federated client's round (the server-side baselines never failed either).
         raise RuntimeError(f"injected failure of client {partition_id} in round {server_round}")
     update = runtime.run_round(partition_id, payload, store.load(system, partition_id, server_round))
     store.save(system, partition_id, server_round, update.local_state)

@@ -110,6 +110,11 @@ class FederatedConfig:
                                 "a fresh optimizer at the round's constant lr and the clients' seeds, so "
                                 "pooled = one-client FedAvg on the union) | single (one run of all steps "
                                 "with train.warmup_ratio and cosine decay)", choices=("rounds", "single"))
+    baseline_placement: str = _f("auto", "where the pooled/local baselines train (schedule rounds): clients (each "
+                                 "round one job per baseline on the simulation's clients, pooled beside the "
+                                 "local ones: the Ray actors train them in parallel) | server (this process, "
+                                 "one after the other) | auto (clients on the Ray backend of `fedmllm "
+                                 "federated`, else server)", choices=("auto", "clients", "server"))
     baseline_checkpoint_every: int = _f(50, "pooled/local baselines: save a resumable loop checkpoint "
                                         "every n steps (0 = off)")
     instrument: bool = _f(True, "measure per-client metrics and drift every round (off: only aggregates)")

@@ -51,7 +51,8 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = F
             from fedmllm.collab.experiment import CollabExperiment
 
             return CollabExperiment(cfg, run, transport).run_all()
-        exp = FederatedExperiment(cfg, run, transport)
+        exp = FederatedExperiment(cfg, run, transport,
+                                  baseline_transport=transport if baselines_on_clients(cfg, await_nodes) else None)
         if cfg.federated.secagg:  # the server learns only each round's weighted mean (server/secagg.py)
             from server.secagg import SecAggTransport
 
@@ -73,6 +74,17 @@ def run_experiment(grid: Grid, cfg: Config, run_dir: Path, await_nodes: bool = F
                 system, run.log, factors, scaling,
                 personalized=ALGORITHMS.get(system_spec(cfg, system).strategy).personalized)
         return exp.run_all()
+
+
+def baselines_on_clients(cfg: Config, deployed: bool) -> bool:
+    """Whether the pooled / local baselines train as jobs on the clients (`fedmllm.federated.
+    baselines.train_on_clients`): ``federated.baseline_placement``; ``auto``: on the Ray backend
+    of ``fedmllm federated`` (its actors would idle while this process trains them), not under
+    ``flwr run`` (``deployed``: a real SuperNode holds only its own partition)."""
+    fed = cfg.federated
+    if fed.baseline_placement == "auto":
+        return fed.backend == "ray" and not deployed and fed.baseline_schedule == "rounds"
+    return fed.baseline_placement == "clients"
 
 
 def make_server_app(cfg: Optional[Config] = None, run_dir: Optional[Path] = None,

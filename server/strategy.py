@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from logging import WARNING
-from typing import Callable, Iterable, Optional
+from typing import Callable, Hashable, Iterable, Optional
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -111,6 +111,35 @@ class GridTransport:
         missing = f"{TIMEOUT}: no reply within federated.round_timeout_s = {timeout:g} s" \
             if timeout == self.round_timeout else "no reply"
         failures.update({pid: missing for pid in payloads if pid not in raw and pid not in failures})
+        return raw, failures
+
+    def exchange_jobs(self, server_round: int, jobs: dict[Hashable, tuple[int, Payload]]
+                      ) -> tuple[dict[Hashable, RawReply], dict[Hashable, str]]:
+        """`exchange` for jobs that may share a partition's node (the baselines' jobs: pooled beside
+        partition 0's local one): ``jobs`` maps a key to (partition id, payload), sent in that
+        order; replies and failures come back by key (a reply is matched to its instruction's
+        message id, not to its node)."""
+        nodes = self.nodes_by_partition()
+        sent: list[tuple[Hashable, Message]] = []
+        failures: dict[Hashable, str] = {}
+        for key, (pid, payload) in jobs.items():
+            if pid not in nodes:
+                failures[key] = "no connected node has this partition id"
+                continue
+            sent.append((key, Message(encode_payload(payload), dst_node_id=nodes[pid],
+                                      message_type=MessageType.TRAIN)))
+        replies = self.grid.send_and_receive([m for _, m in sent], timeout=self.timeout)
+        by_id = {m.metadata.message_id: key for key, m in sent}  # set when the grid pushed them
+        raw: dict[Hashable, RawReply] = {}
+        for m in replies:
+            key = by_id.get(m.metadata.reply_to_message_id)
+            if key is None:
+                continue  # not an answer to these jobs
+            if m.has_error():
+                failures[key] = error_summary(str(m.error.reason))
+            else:
+                raw[key] = RawReply(decode_groups(m.content), decode_metrics(m.content))
+        failures.update({key: "no reply" for key in jobs if key not in raw and key not in failures})
         return raw, failures
 
     def evaluate(self, server_round: int, payloads: dict[int, Payload]):

@@ -37,6 +37,10 @@ def check_federated(cfg: Config) -> None:
     PARTITIONERS.get(fed.partitioner)
     if fed.alpha <= 0:
         raise UserError(f"federated.alpha must be > 0 (Dirichlet concentration), got {fed.alpha}")
+    if fed.baseline_placement == "clients" and fed.baseline_schedule != "rounds":
+        raise UserError("federated.baseline_placement = \"clients\" needs federated.baseline_schedule = \"rounds\" "
+                        "(a single run of all steps is not split into the clients' rounds); valid with "
+                        "baseline_schedule = \"single\": server, auto")
     if fed.ray_address and fed.backend != "ray":
         raise UserError(f"federated.ray_address = {fed.ray_address!r} needs federated.backend = \"ray\" "
                         f"(got {fed.backend!r}); clear ray_address or switch the backend")

@@ -198,6 +198,10 @@ CASES = [
     case("fed-fail-client-not-int", (*FED, "federated.fail_clients=['a']"), "are not partition ids"),
     case("fed-baseline-unknown", (*FED, "federated.baselines=pooled,global"), "unknown baseline 'global'"),
     case("fed-backend-unknown", (*FED, "federated.backend=mpi"), "valid: ray, inprocess"),
+    case("fed-baseline-placement-unknown", (*FED, "federated.baseline_placement=gpu"), "valid: auto, clients, server"),
+    case("fed-baseline-placement-single", (*FED, "federated.baseline_placement=clients",
+                                           "federated.baseline_schedule=single"),
+         'needs federated.baseline_schedule = "rounds"'),
     case("fed-train-n-0-synthetic", (*FED, "data.train_n=0"), "not possible for synthetic task"),
     case("fed-model-unknown", (*FED, "model.name=nosuch"), "unknown model 'nosuch'"),
     # --- run directories ------------------------------------------------------------------------

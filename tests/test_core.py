@@ -201,3 +201,79 @@ def test_pooled_is_one_client_fedavg_when_the_union_is_one_client(tmp_path):
     systems = {s: json.loads((run / "systems" / f"{s}.json").read_text()) for s in ("fedavg", "local")}
     assert systems["local"]["downstream"] == systems["fedavg"]["downstream"]  # local = its own FedAvg
     assert systems["local"]["upstream"] == systems["fedavg"]["upstream"]
+
+
+# Both baselines beside one strategy; client 1's federated rounds fail (fault injection), its
+# local baseline still trains (a baseline's job is not a federated round).
+BASELINES = [*TINY, "federated.backend=inprocess", "federated.rounds=3", 'federated.strategies=["fedavg"]',
+             'federated.baselines=["pooled", "local"]', "federated.fail_clients=[1]"]
+
+
+def without_placement(obj):
+    """``obj`` without wall-clock fields and where the baselines trained."""
+    if isinstance(obj, dict):
+        return {k: without_placement(v) for k, v in obj.items() if k not in ("seconds", "trained_on")}
+    if isinstance(obj, list):
+        return [without_placement(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def baselines_in_server(tmp_path_factory):
+    from simulations.federated import run_federated
+
+    cfg = load_config(None, [*BASELINES, "federated.baseline_placement=server"])
+    return run_federated(cfg, str(tmp_path_factory.mktemp("server") / "run"))
+
+
+def assert_same_baselines(run: Path, reference: Path) -> None:
+    results = json.loads((run / "results.json").read_text())
+    assert without_placement(results) == without_placement(json.loads((reference / "results.json").read_text()))
+    for name in ("checkpoints/pooled/final.safetensors", "adapters/pooled/round-003/adapter_model.safetensors"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name  # bit for bit
+    assert not list((run / "checkpoints").glob("*.segment.safetensors"))  # consumed
+
+
+def test_baselines_on_the_clients_equal_the_baselines_in_the_server(baselines_in_server, tmp_path):
+    """federated.baseline_placement = clients: each round the pooled job and both local jobs go to
+    the clients in one exchange (pooled beside partition 0's own job, on the same node); the
+    result is the server-side baselines' bit for bit."""
+    from simulations.federated import run_federated
+
+    cfg = load_config(None, [*BASELINES, "federated.baseline_placement=clients"])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    assert_same_baselines(run, baselines_in_server)
+    systems = {s["system"]: s for s in json.loads((run / "results.json").read_text())["systems"]}
+    assert (systems["pooled"]["trained_on"], systems["local"]["trained_on"]) == ("clients", "clients")
+    assert systems["local"]["clients"] == 2  # client 1's local baseline trained despite fail_clients
+    reference = json.loads((baselines_in_server / "systems" / "pooled.json").read_text())
+    assert reference["trained_on"] == "server"
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "baseline_job_failed"]
+    assert [e["client"] for e in events if e["event"] == "client_failed"] == [1, 1, 1]  # fedavg's rounds
+
+
+def test_a_bad_baseline_reply_is_rejected_and_the_server_finishes_that_baseline(
+        baselines_in_server, tmp_path, monkeypatch):
+    """The pooled job's round-2 reply carries NaN: it is rejected (never saved), the pooled
+    baseline continues in the server from its round-1 state, and the result is unchanged."""
+    from fedmllm.federated.algorithms import STATE
+    from fedmllm.federated.client import ClientRuntime
+    from simulations.federated import run_federated
+
+    real = ClientRuntime.run_round
+
+    def poisoned(self, partition_id, payload, local_state):
+        update = real(self, partition_id, payload, local_state)
+        if payload.config.get(P.POOLED) and int(payload.config[P.SERVER_ROUND]) == 2:
+            update.arrays[STATE] = {k: np.full_like(v, np.nan) for k, v in update.arrays[STATE].items()}
+        return update
+
+    monkeypatch.setattr(ClientRuntime, "run_round", poisoned)
+    cfg = load_config(None, [*BASELINES, "federated.baseline_placement=clients"])
+    run = run_federated(cfg, str(tmp_path / "run"))
+    assert_same_baselines(run, baselines_in_server)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (failed,) = [e for e in events if e["event"] == "baseline_job_failed"]
+    assert (failed["baseline"], failed["round"]) == ("pooled", 2)
+    assert "invalid reply" in failed["error"] and "non-finite" in failed["error"]

@@ -119,3 +119,17 @@ def test_what_a_node_accepts(tmp_path):
     node.check_config(cfg)  # a local folder inside the data root, a hub id
     with pytest.raises(InstructionRefusedError, match="names no experiment directory"):
         free.experiment_dir(None)
+
+
+def test_a_deployed_node_refuses_the_pooled_baselines_union(tmp_path):
+    """A pooled-baseline job trains on every partition's data: a simulated node (no node config
+    of its own) takes it, a node configured for a deployment refuses it before loading anything."""
+    exp = run_dir(tmp_path / "exp")
+    msg = train_message(exp)
+    msg.content[P.CONFIG][P.BASELINE] = 1
+    msg.content[P.CONFIG][P.POOLED] = 1
+    reason = deliver(msg, **{"fedmllm-experiment": str(exp)})
+    assert "serves its own partition only" in reason and 'federated.baseline_placement = "server"' in reason
+    assert config_key((exp / "config.toml").read_text()) not in client_module._RUNTIMES
+    NodePolicy().check_job({P.BASELINE: 1, P.POOLED: 1})  # a simulated node
+    NodePolicy.from_node_config({"fedmllm-experiment": str(exp)}).check_job({P.BASELINE: 1})  # a local job

@@ -34,22 +34,22 @@ KILL_POINTS = ["pooled/3", "pooled/segment/2", "fedavg/2/train", "fedadam/2/aggr
 TIMING = {"seconds", "end_time", "wall_seconds"}
 
 
-def fedmllm(*args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def fedmllm(*args: str, kill_at: str | None = None, overrides=TINY) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FEDMLLM_KILL_AT", None)
     if kill_at:
         env["FEDMLLM_KILL_AT"] = kill_at
     exe = Path(sys.executable).with_name("fedmllm")
-    return subprocess.run([str(exe), "federated", *args, *TINY], env=env, capture_output=True,
+    return subprocess.run([str(exe), "federated", *args, *overrides], env=env, capture_output=True,
                           text=True, timeout=600)
 
 
-def strip(obj):
-    """``obj`` without wall-clock fields (they differ between any two runs)."""
+def strip(obj, drop=TIMING):
+    """``obj`` without wall-clock fields (they differ between any two runs), or the ``drop`` ones."""
     if isinstance(obj, dict):
-        return {k: strip(v) for k, v in obj.items() if k not in TIMING}
+        return {k: strip(v, drop) for k, v in obj.items() if k not in drop}
     if isinstance(obj, list):
-        return [strip(v) for v in obj]
+        return [strip(v, drop) for v in obj]
     return obj
 
 
@@ -96,3 +96,29 @@ def test_killed_everywhere_and_resumed_equals_uninterrupted(tmp_path):
     assert set(a) == set(b) and len(a) >= 9
     assert [k for k in a if a[k] != b[k]] == []  # bit for bit
     assert not list((run / "checkpoints").glob("*.pt"))  # baseline loop checkpoints cleaned up
+
+
+@pytest.mark.slow
+def test_baselines_on_the_clients_killed_and_resumed_equal_the_server_side_ones(tmp_path):
+    """federated.baseline_placement = clients, killed after round 1's baseline jobs and again
+    after round 2's: the resumed run continues from the segments saved (rounds 1 and 2 are not
+    trained again) and ends where the server-side baselines of an uninterrupted run end, bit for
+    bit."""
+    tiny = [*TINY[:-3], 'federated.strategies=["fedavg"]', 'federated.baselines=["pooled", "local"]']
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = fedmllm("--out", str(ref), overrides=[*tiny, "federated.baseline_placement=server"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    mine = [*tiny, "federated.baseline_placement=clients"]
+    first = fedmllm("--out", str(run), kill_at="baselines/1", overrides=mine)
+    assert first.returncode == -9, f"not killed at baselines/1: {first.stderr[-1500:]}"
+    second = fedmllm("--resume", str(run), kill_at="baselines/2", overrides=mine)
+    assert second.returncode == -9, f"not killed at baselines/2: {second.stderr[-1500:]}"
+    assert "pooled, local-0, local-1: on the clients, 3 rounds" in second.stdout
+    final = fedmllm("--resume", str(run), overrides=mine)
+    assert final.returncode == 0, final.stderr[-2000:]
+
+    results = [json.loads((r / "results.json").read_text()) for r in (run, ref)]
+    assert strip(results[0], TIMING | {"trained_on"}) == strip(results[1], TIMING | {"trained_on"})
+    assert [e for e in events(run) if e["event"] != "baseline_job_failed"] == events(ref)
+    a, b = state_files(run), state_files(ref)
+    assert set(a) == set(b) and [k for k in a if a[k] != b[k]] == []  # bit for bit

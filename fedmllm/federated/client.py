@@ -110,6 +110,11 @@ class ClientRuntime:
                 self._samples[partition_id] = load_client_samples(self.cfg, self.partition, partition_id)
         return self._samples[partition_id]
 
+    def pooled_samples(self) -> list:
+        """The union of every partition's training samples, partition by partition (the pooled
+        baseline's data, in the order `baselines.run_pooled` trains on)."""
+        return [s for pid in range(len(self.partition.clients)) for s in self.client_samples(pid)]
+
     def client_tests(self, partition_id: int) -> dict:
         """The client's local test split, by task (cached)."""
         from fedmllm.federated.personal import load_client_tests
@@ -160,11 +165,12 @@ class ClientRuntime:
 
     def run_round(self, partition_id: int, payload: Payload, local_state: Groups) -> ClientUpdate:
         """One round of local training of ``partition_id`` as the payload's algorithm says (and,
-        in an attacked system, as the message's attack says; a straggler then sleeps)."""
+        in an attacked system, as the message's attack says; a straggler then sleeps). A pooled
+        baseline job (``P.POOLED``) trains on every partition's samples instead."""
         config = payload.config
         server_round = int(config[P.SERVER_ROUND])
         attack = self.attack(config)
-        samples = self.client_samples(partition_id)
+        samples = self.pooled_samples() if config.get(P.POOLED) else self.client_samples(partition_id)
         if attack is not None:  # data poisoning (a no-op for model-poisoning attacks)
             samples = attack.poison_samples(samples, np.random.default_rng(
                 derive_seed(self.cfg.seed, "attack-data", partition_id)))

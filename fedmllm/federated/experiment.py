@@ -5,7 +5,8 @@ test sets; each is a step of the experiment's progress journal (`checkpoint.Prog
 resumed run skips finished systems, continues a strategy from its last complete round and a
 baseline from its last loop checkpoint, and truncates ``metrics.jsonl`` to the furthest durable
 point. Strategies run through a `rounds.Transport` (Flower's Grid from ``server/``, or in-process);
-baselines run in this process. E and F come from `fedmllm.metrics.efo` (`results.system_result`).
+baselines in this process or as jobs on the clients (`baselines.train_on_clients`). E and F come
+from `fedmllm.metrics.efo` (`results.system_result`).
 """
 
 from __future__ import annotations
@@ -76,19 +77,28 @@ def loop_settings(cfg: Config, system: str, run_path: Path, partition=None) -> L
         client_ranks=client_ranks(cfg, spec.strategy), client_steps=client_steps(cfg),
         client_extras=client_extras(cfg, spec), max_update_norm=fed.max_update_norm,
         client_sizes=None if partition is None else partition.sizes(),
-        common_config={P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
-                       P.CLIENT_STORE: str((run_path / "clients").resolve())})
+        common_config=common_config(cfg, run_path))
+
+
+def common_config(cfg: Config, run_path: Path) -> dict[str, Any]:
+    """The config values every message to a client carries: experiment id, run dir, client store."""
+    return {P.EXPERIMENT_ID: config_key(dumps(cfg)), P.EXPERIMENT_DIR: str(run_path.resolve()),
+            P.CLIENT_STORE: str((run_path / "clients").resolve())}
 
 
 class FederatedExperiment:
     """Shared state of one federated experiment in the server process."""
 
     def __init__(self, cfg: Config, run: RunDir, transport: Optional[Transport] = None,
-                 observer: Optional[Callable[[str], Optional[Observer]]] = None):
-        """``observer(system)`` gives the measurement callback of a system's rounds (None: off)."""
+                 observer: Optional[Callable[[str], Optional[Observer]]] = None,
+                 baseline_transport=None):
+        """``observer(system)`` gives the measurement callback of a system's rounds (None: off);
+        ``baseline_transport`` (one with ``exchange_jobs``, e.g. `server.strategy.GridTransport`):
+        the baselines train on the clients through it (`baselines.train_on_clients`), else here."""
         from fedmllm.models import build_model
 
         self.cfg, self.run, self.transport, self.observer = cfg, run, transport, observer
+        self.baseline_transport = baseline_transport
         self.progress = Progress(run.path)
         self.checkpoints = CheckpointStore(run.path / "checkpoints")
         self._truncate_to_durable_point()

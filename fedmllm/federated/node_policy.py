@@ -101,6 +101,17 @@ class NodePolicy:
                                           f"{experiment_dir!r} (set {STATE_DIR} to keep client state elsewhere)")
         return str(_resolved(requested))
 
+    def check_job(self, config: Mapping[str, Any]) -> None:
+        """Refuse a pooled-baseline job (training on every partition's data) on a node configured
+        for a deployment: such a node holds its own data; the pooled baseline trains on simulated
+        nodes, or in the server."""
+        from fedmllm.federated import protocol as P
+
+        if config.get(P.POOLED) and self != NodePolicy():
+            raise InstructionRefusedError("this node serves its own partition only (it has a node config of its "
+                                          "own), not the pooled baseline's union of every partition; set "
+                                          "federated.baseline_placement = \"server\"")
+
     def check_config(self, cfg: Config) -> None:
         """Refuse an experiment whose model or local data folders this node was not configured with."""
         if self.models and not any(_same_model(cfg.model.name, m) for m in self.models):

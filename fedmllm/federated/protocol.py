@@ -43,6 +43,8 @@ ATTACK = "attack"  # simulated adversary: the attack this client runs (`fedmllm.
 ATTACK_OPTION = "attack."  # prefix of that attack's options (``attack.factor``)
 SLOWDOWN = "slowdown"  # simulated straggler: the round takes this many times its compute time
 DP_CLIP = "dp-clip"  # client-side DP: clip the update (trained - received) to this L2 norm
+BASELINE = "baseline"  # a baseline's training job (pooled / local), not a federated client's round
+POOLED = "pooled"  # with BASELINE: train on the union of every partition (the pooled baseline, simulation)
 
 # MetricRecord keys (client -> server).
 NUM_EXAMPLES = "num-examples"
