@@ -109,9 +109,8 @@ def train_on_clients(exp: "FederatedExperiment") -> None:
     from fedmllm.federated.algorithms import GLOBAL, STATE, Payload
     from fedmllm.federated.experiment import common_config
 
-    transport = exp.baseline_transport
     fed = exp.cfg.federated
-    if transport is None or fed.baseline_schedule != "rounds":
+    if trained_on(exp) != "clients":
         return
     jobs = [j for j in _pending_jobs(exp) if j.next_round <= fed.rounds]
     if not jobs:
@@ -130,7 +129,7 @@ def train_on_clients(exp: "FederatedExperiment") -> None:
             **config, P.SYSTEM: j.name.split("-")[0], P.LOCAL_STEPS: j.steps,
             **({P.POOLED: 1} if j.name == "pooled" else {}),
             **({P.LORA_RANK: j.rank} if j.rank is not None else {})})) for j in now}
-        raw, failures = transport.exchange_jobs(r, payloads)
+        raw, failures = exp.baseline_transport.exchange_jobs(r, payloads)
         for j in now:
             reply, why = raw.get(j.name), failures.get(j.name)
             if reply is not None:
@@ -222,14 +221,13 @@ def run_pooled(exp: "FederatedExperiment") -> dict:
     fed = exp.cfg.federated
     round_steps = pooled_round_steps(exp.cfg)
     steps = fed.rounds * round_steps
-    samples = [s for pid in range(len(exp.partition.clients)) for s in exp.clients.client_samples(pid)]
     t0 = time.perf_counter()
     train_on_clients(exp)  # with the local baseline's jobs beside it (its seconds are counted here)
     state = exp.pooled_state  # trained by a killed attempt that did not finish evaluating
     if state is None:
         from safetensors.numpy import save_file
 
-        state = train_baseline(exp, samples, "pooled", round_steps, seed_client=0)
+        state = train_baseline(exp, exp.clients.pooled_samples(), "pooled", round_steps, seed_client=0)
         path = exp.run.path / "checkpoints" / "pooled" / "final.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: contiguous(v) for k, v in state.items()}, str(path))
